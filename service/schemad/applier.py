@@ -1,0 +1,248 @@
+"""EDGE: runs a plan's steps through Alembic and the project's own env.py.
+
+schemad does what ``alembic upgrade`` does (an EnvironmentContext whose work
+function returns Alembic's own steps, then ``env.py``), with three changes
+made in ``configure()`` so that any env.py gets them:
+
+- ``transaction_per_migration=True``: each revision commits together with
+  its version-table update, so a crash leaves the database exactly at the
+  last completed revision (on databases with transactional DDL);
+- a version table that env.py names differently from the settings is an
+  error, not a silent second history;
+- each step is timed and reported as soon as it has committed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TextIO
+
+from alembic.runtime.environment import EnvironmentContext
+from alembic.runtime.migration import MigrationStep
+from sqlalchemy.engine import Connection
+
+from schemad.errors import ConfigError, MigrationFailedError, PlanRejectedError, SchemadError
+from schemad.model import AppliedStep, Plan, PlanKind
+from schemad.revisions import Scripts
+
+StepCallback = Callable[[AppliedStep], None]
+
+
+class _Run:
+    """The state of one application of a plan: which step, what finished."""
+
+    def __init__(self, on_step: StepCallback | None, clock: Callable[[], float]) -> None:
+        self.on_step = on_step
+        self.clock = clock
+        self.current: MigrationStep | None = None
+        self.applied: list[AppliedStep] = []
+
+    def timed(self, steps: Iterable[MigrationStep]) -> Iterator[MigrationStep]:
+        # Alembic pulls the next step only after the previous one's
+        # transaction has committed, so resuming here marks that commit.
+        for step in steps:
+            self.current = step
+            started = self.clock()
+            yield step
+            done = AppliedStep(
+                revision=_revision_of(step),
+                message=_message_of(step),
+                direction="upgrade" if step.is_upgrade else "downgrade",
+                duration_seconds=self.clock() - started,
+            )
+            self.applied.append(done)
+            self.current = None
+            if self.on_step is not None:
+                self.on_step(done)
+
+
+def apply_plan(
+    scripts: Scripts,
+    connection: Connection,
+    plan: Plan,
+    destination: str,
+    *,
+    version_table: str,
+    version_table_schema: str | None,
+    on_step: StepCallback | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[AppliedStep, ...]:
+    """Apply ``plan`` on ``connection``; return the committed steps in order.
+
+    Args:
+        scripts: the loaded migration scripts.
+        connection: a connection with no transaction begun (see DESIGN.md).
+        plan: an upgrade or downgrade plan made under the lock.
+        destination: the target spec as Alembic understands it.
+        version_table: the version table schemad reads.
+        version_table_schema: its schema, if not the default.
+        on_step: called after each revision has committed.
+        clock: a monotonic clock, for durations.
+
+    Raises:
+        MigrationFailedError: a revision raised; earlier steps stay committed.
+        ConfigError: env.py configures a different version table.
+    """
+    if plan.kind not in (PlanKind.UPGRADE, PlanKind.DOWNGRADE):
+        return ()
+    run = _Run(on_step, clock)
+    config = scripts.config
+    config.attributes["connection"] = connection
+    environment = _environment(
+        scripts,
+        fn=_work(scripts, plan, destination, run),
+        destination_rev=destination,
+        version_table=version_table,
+        version_table_schema=version_table_schema,
+    )
+    try:
+        with environment:
+            scripts.directory.run_env()
+    except SchemadError:
+        raise
+    except Exception as exc:  # a revision's own code may raise anything
+        raise _failure(run, exc) from exc
+    finally:
+        config.attributes.pop("connection", None)
+        if connection.in_transaction():
+            connection.rollback()
+    return tuple(run.applied)
+
+
+def render_sql(
+    scripts: Scripts,
+    plan: Plan,
+    destination: str,
+    out: TextIO,
+    *,
+    version_table: str,
+    version_table_schema: str | None,
+) -> None:
+    """Write the SQL that applying ``plan`` would run (Alembic's offline mode).
+
+    Raises:
+        PlanRejectedError: the database has several heads (offline SQL needs one
+            starting revision).
+        MigrationFailedError: env.py or a revision failed while rendering.
+    """
+    if plan.kind not in (PlanKind.UPGRADE, PlanKind.DOWNGRADE):
+        return
+    if len(plan.current) > 1:
+        raise PlanRejectedError(
+            "offline SQL needs one starting revision but the database has "
+            f"{len(plan.current)} heads; run `schemad upgrade` or render per branch "
+            "with `alembic upgrade <from>:<to> --sql`",
+            reason="multiple_heads",
+        )
+    config = scripts.config
+    previous, config.output_buffer = config.output_buffer, out
+    environment = _environment(
+        scripts,
+        fn=_work(scripts, plan, destination, _Run(None, time.monotonic)),
+        as_sql=True,
+        starting_rev=plan.current[0] if plan.current else None,
+        destination_rev=destination,
+        version_table=version_table,
+        version_table_schema=version_table_schema,
+    )
+    try:
+        with environment:
+            scripts.directory.run_env()
+    except SchemadError:
+        raise
+    except Exception as exc:
+        raise MigrationFailedError(
+            f"rendering offline SQL failed: {type(exc).__name__}: {exc}", revision=None
+        ) from exc
+    finally:
+        config.output_buffer = previous
+
+
+def _work(
+    scripts: Scripts, plan: Plan, destination: str, run: _Run
+) -> Callable[[Any, Any], Iterator[MigrationStep]]:
+    directory = scripts.directory
+    planned = {step.revision for step in plan.steps}
+
+    def work(heads: Any, _context: Any) -> Iterator[MigrationStep]:
+        if plan.kind is PlanKind.UPGRADE:
+            steps = directory._upgrade_revs(destination, heads)
+        else:
+            steps = directory._downgrade_revs(destination, heads)
+        actual = {_revision_of(step) for step in steps}
+        if actual != planned:
+            raise MigrationFailedError(
+                f"Alembic would apply {sorted(actual)} but schemad planned "
+                f"{sorted(planned)}; nothing was applied. Please report this with "
+                "the output of `alembic history`",
+                revision=None,
+            )
+        return run.timed(steps)
+
+    return work
+
+
+def _environment(
+    scripts: Scripts,
+    *,
+    version_table: str,
+    version_table_schema: str | None,
+    **kwargs: Any,
+) -> EnvironmentContext:
+    """Alembic's EnvironmentContext with schemad's per-revision guarantees.
+
+    The instance's ``configure`` is wrapped rather than subclassed: Alembic's
+    ``alembic.context`` proxy is registered per class, and it copies the
+    instance's attributes, so env.py's ``context.configure()`` reaches this.
+    """
+    environment = EnvironmentContext(scripts.config, scripts.directory, **kwargs)
+    configure = environment.configure
+    expected = (version_table, version_table_schema)
+
+    def schemad_configure(*args: Any, **options: Any) -> None:
+        table = options.setdefault("version_table", version_table)
+        schema = options.setdefault("version_table_schema", version_table_schema)
+        if (table, schema) != expected:
+            raise ConfigError(
+                f"env.py uses the version table {_qualified(table, schema)} but schemad "
+                f"reads {_qualified(*expected)}; set SCHEMAD_VERSION_TABLE (and "
+                "SCHEMAD_VERSION_TABLE_SCHEMA) to match",
+                variable="SCHEMAD_VERSION_TABLE",
+            )
+        options["transaction_per_migration"] = True
+        configure(*args, **options)
+
+    environment.configure = schemad_configure  # type: ignore[method-assign]
+    return environment
+
+
+def _failure(run: _Run, exc: BaseException) -> MigrationFailedError:
+    step = run.current
+    detail = str(exc).strip().splitlines()
+    summary = f"{type(exc).__name__}: {detail[0] if detail else ''}".rstrip(": ")
+    if step is None:
+        return MigrationFailedError(
+            f"the migration environment (env.py) failed before any revision ran: {summary}",
+            revision=None,
+        )
+    revision = _revision_of(step)
+    done = len(run.applied)
+    return MigrationFailedError(
+        f"revision {revision} ({_message_of(step)}) failed: {summary}; "
+        f"{done} earlier revision(s) of this pass stay applied. Fix the revision "
+        "and run again",
+        revision=revision,
+    )
+
+
+def _revision_of(step: MigrationStep) -> str:
+    return str(step.revision.revision)  # type: ignore[attr-defined]
+
+
+def _message_of(step: MigrationStep) -> str:
+    return str(step.revision.doc or "").strip()  # type: ignore[attr-defined]
+
+
+def _qualified(table: str, schema: str | None) -> str:
+    return f"{schema}.{table}" if schema else table

@@ -1,0 +1,321 @@
+"""The ``schemad`` command: argparse subcommands, errors -> exit codes.
+
+The only module that decides exit codes; ``__main__`` and the console script
+call :func:`main` and exit with what it returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+from urllib.parse import quote, quote_plus
+
+from schemad import __version__, logs
+from schemad.applier import render_sql
+from schemad.database import Database
+from schemad.errors import (
+    ConfigError,
+    DatabaseUnavailableError,
+    PlanRejectedError,
+    SchemadError,
+    WaitTimeoutError,
+)
+from schemad.model import LockHolder, Plan, PlanKind, RefusalReason
+from schemad.reconciler import Inspection, Reconciler
+from schemad.revisions import make_config
+from schemad.settings import Settings, load_settings, unknown_variables
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_BEHIND = 3
+EXIT_CODES_HELP = """\
+exit codes:
+  0   ok: at the target, nothing to do, or the requested work is done
+  1   internal error (a bug: please report it with the traceback)
+  2   bad usage (unknown subcommand or option)
+  3   status only: the database is behind (`upgrade` would apply revisions)
+  65  refused: the plan breaks a policy (unknown revision in the database,
+      several heads, downgrade not allowed, unknown target)
+  66  the migration scripts are missing or broken
+  69  the database cannot be reached or its version table not read
+  70  a revision failed while being applied
+  75  try again later: the migration lock stayed held (upgrade), or the
+      target was not reached in time (wait)
+  78  configuration error (a SCHEMAD_* variable is missing or invalid)
+"""
+_TARGET_REFUSALS = (RefusalReason.UNKNOWN_TARGET, RefusalReason.MULTIPLE_HEADS)
+
+
+@dataclass
+class App:
+    """What every subcommand needs, built once from the settings."""
+
+    settings: Settings
+    database: Database
+    reconciler: Reconciler
+    out: TextIO
+
+    @classmethod
+    def build(cls, settings: Settings, out: TextIO) -> App:
+        url = settings.url()
+        database = Database(
+            url,
+            version_table=settings.version_table,
+            version_table_schema=settings.version_table_schema,
+            connect_timeout_seconds=settings.connect_timeout_seconds,
+        )
+        config = make_config(
+            url,
+            alembic_config=settings.alembic_config,
+            script_location=settings.script_location,
+        )
+        return cls(settings, database, Reconciler(settings, database, config), out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="schemad",
+        description=(
+            "Keep a database's schema at the target Alembic revision, safely. "
+            "Configured by SCHEMAD_* environment variables (see the README)."
+        ),
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"schemad {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "upgrade",
+        help="one pass: lock, apply what is pending, exit 0 at the target (Jobs, init containers)",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    status = commands.add_parser(
+        "status",
+        help="current and target revision, pending revisions, lock state",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    status.add_argument("--json", action="store_true", help="print JSON")
+    plan = commands.add_parser(
+        "plan",
+        help="what upgrade would do, changing nothing",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    output = plan.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print JSON")
+    output.add_argument("--sql", action="store_true", help="print the SQL (offline mode)")
+    commands.add_parser(
+        "wait",
+        help="block until the database is at (or past) the target; someone else migrates",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
+    """Run the ``schemad`` command line; return the process exit code."""
+    stdout = out if out is not None else sys.stdout
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed usage or --help
+        return int(exc.code or 0)
+    log = logs.get_logger("schemad.cli")
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        logs.configure()
+        log.error("config_invalid", error=exc.message, exit_code=exc.exit_code)
+        return exc.exit_code
+    logs.configure(settings.log_format, settings.log_level, secrets=_secrets(settings))
+    for warning in unknown_variables():
+        log.warning("setting_unknown", detail=warning)
+    app: App | None = None
+    try:
+        app = App.build(settings, stdout)
+        return int(COMMANDS[args.command](app, args))
+    except SchemadError as exc:
+        message = app.database.redact(exc.message) if app else exc.message
+        log.error("command_failed", command=args.command, error=message, exit_code=exc.exit_code)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if app is not None:
+            app.database.dispose()
+
+
+def cmd_upgrade(app: App, _args: argparse.Namespace) -> int:
+    result = app.reconciler.reconcile_once()
+    return result.exit_code
+
+
+def cmd_status(app: App, args: argparse.Namespace) -> int:
+    inspection = app.reconciler.inspect()
+    holder = app.database.lock_holder()
+    if args.json:
+        _print_json(app.out, _status_document(app, inspection, holder))
+    else:
+        _print_status(app, inspection, holder)
+    return _status_exit_code(inspection.plan)
+
+
+def cmd_plan(app: App, args: argparse.Namespace) -> int:
+    inspection = app.reconciler.inspect()
+    plan = inspection.plan
+    if args.sql:
+        if plan.kind is PlanKind.REFUSED:
+            raise PlanRejectedError(plan.message, reason=_reason(plan))
+        render_sql(
+            app.reconciler.scripts(),
+            plan,
+            app.settings.target_revision,
+            app.out,
+            version_table=app.settings.version_table,
+            version_table_schema=app.settings.version_table_schema,
+        )
+    elif args.json:
+        _print_json(app.out, _plan_document(plan))
+    else:
+        _print_plan(app.out, plan)
+    return 65 if plan.kind is PlanKind.REFUSED else EXIT_OK
+
+
+def cmd_wait(app: App, _args: argparse.Namespace) -> int:
+    settings = app.settings
+    log = logs.get_logger("schemad.wait")
+    deadline = time.monotonic() + settings.wait_timeout_seconds
+    last = "nothing read yet"
+    while True:
+        try:
+            inspection = app.reconciler.inspect()
+            plan = inspection.plan
+            if plan.schema_ready:
+                log.info("schema_ready", current=list(plan.current), target=list(plan.target))
+                return EXIT_OK
+            if plan.reason in _TARGET_REFUSALS:
+                raise PlanRejectedError(plan.message, reason=_reason(plan))
+            last = plan.message
+        except DatabaseUnavailableError as exc:
+            last = exc.message
+        if time.monotonic() >= deadline:
+            raise WaitTimeoutError(
+                f"the database did not reach the target '{settings.target_revision}' "
+                f"within {settings.wait_timeout_seconds:g}s "
+                f"(SCHEMAD_WAIT_TIMEOUT_SECONDS); last seen: {app.database.redact(last)}"
+            )
+        log.info("schema_pending", detail=app.database.redact(last))
+        time.sleep(min(settings.wait_interval_seconds, max(deadline - time.monotonic(), 0)))
+
+
+COMMANDS: dict[str, Callable[[App, argparse.Namespace], int]] = {
+    "upgrade": cmd_upgrade,
+    "status": cmd_status,
+    "plan": cmd_plan,
+    "wait": cmd_wait,
+}
+
+
+def _status_exit_code(plan: Plan) -> int:
+    if plan.kind in (PlanKind.IN_SYNC, PlanKind.AHEAD):
+        return EXIT_OK
+    if plan.kind is PlanKind.REFUSED:
+        return 65
+    return EXIT_BEHIND
+
+
+def _reason(plan: Plan) -> str:
+    return plan.reason.value if plan.reason else "refused"
+
+
+def _plan_document(plan: Plan) -> dict[str, Any]:
+    return {
+        "kind": plan.kind.value,
+        "current": list(plan.current),
+        "target": list(plan.target),
+        "steps": [{"revision": s.revision, "message": s.message} for s in plan.steps],
+        "reason": plan.reason.value if plan.reason else None,
+        "message": plan.message,
+        "schema_ready": plan.schema_ready,
+    }
+
+
+def _status_document(app: App, inspection: Inspection, holder: LockHolder | None) -> dict[str, Any]:
+    plan = inspection.plan
+    return {
+        "database": app.database.masked_url,
+        "current": list(inspection.state.heads),
+        "target": {"spec": inspection.target.spec, "revisions": list(plan.target)},
+        "state": plan.kind.value,
+        "in_sync": plan.kind is PlanKind.IN_SYNC,
+        "pending": [{"revision": s.revision, "message": s.message} for s in plan.steps]
+        if plan.has_work
+        else [],
+        "reason": plan.reason.value if plan.reason else None,
+        "message": app.database.redact(plan.message),
+        "lock": {
+            "held": holder is not None,
+            "holder": holder.description if holder else None,
+            "held_seconds": holder.held_seconds if holder else None,
+        },
+    }
+
+
+def _print_status(app: App, inspection: Inspection, holder: LockHolder | None) -> None:
+    plan = inspection.plan
+    revisions = app.reconciler.scripts().graph.revisions
+    lines = [
+        f"database: {app.database.masked_url}",
+        f"current:  {_describe(inspection.state.heads, revisions)}",
+        f"target:   {inspection.target.spec} -> {_describe(plan.target, revisions)}",
+        f"state:    {plan.kind.value}: {app.database.redact(plan.message)}",
+    ]
+    if plan.has_work:
+        lines.append("pending:")
+        lines.extend(f"  {step.revision}  {step.message}" for step in plan.steps)
+    if holder is None:
+        lines.append("lock:     free")
+    else:
+        held = f" for {holder.held_seconds:.0f}s" if holder.held_seconds is not None else ""
+        lines.append(f"lock:     held by {holder.description}{held}")
+    app.out.write("\n".join(lines) + "\n")
+
+
+def _print_plan(out: TextIO, plan: Plan) -> None:
+    out.write(f"{plan.kind.value}: {plan.message}\n")
+    arrow = "->" if plan.kind is not PlanKind.DOWNGRADE else "<-"
+    for step in plan.steps if plan.has_work else ():
+        out.write(f"  {arrow} {step.revision}  {step.message}\n")
+
+
+def _describe(heads: Sequence[str], revisions: Any) -> str:
+    if not heads:
+        return "base (no revision)"
+    parts = []
+    for rev in heads:
+        known = revisions.get(rev)
+        parts.append(f"{rev} ({known.message})" if known else f"{rev} (not in these migrations)")
+    return ", ".join(parts)
+
+
+def _print_json(out: TextIO, document: dict[str, Any]) -> None:
+    out.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+
+def _secrets(settings: Settings) -> list[str]:
+    try:
+        password = settings.url().password
+    except ConfigError:
+        return []
+    if not password:
+        return []
+    text = str(password)
+    return [text, quote_plus(text), quote(text, safe="")]

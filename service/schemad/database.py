@@ -1,0 +1,437 @@
+"""EDGE: the database: engine, version table reads and the migration lock.
+
+The lock lives on its own connection and is released by the database (or
+the kernel, for SQLite) when the holder dies; there is never a lock row.
+
+- PostgreSQL: a session advisory lock, polled with ``pg_try_advisory_lock``
+  in autocommit so no transaction is open while waiting (a waiting
+  transaction deadlocks ``CREATE INDEX CONCURRENTLY`` in the holder).
+- MySQL/MariaDB: ``GET_LOCK`` named after the database, since lock names are
+  server-wide.
+- SQLite: ``flock`` on a file beside the database file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import math
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import DBAPIError, NoSuchModuleError, SQLAlchemyError
+
+from schemad.errors import ConfigError, DatabaseUnavailableError, LockTimeoutError
+from schemad.model import DbState, LockHolder
+
+LOCK_POLL_SECONDS = 0.1
+WaitCallback = Callable[[LockHolder | None, float], None]
+
+
+def instance_name() -> str:
+    """Who we are, as other instances will see it: host (pod) and pid."""
+    return f"schemad:{socket.gethostname()}:{os.getpid()}"
+
+
+class Database:
+    """One database: its engine, its version table and its migration lock."""
+
+    def __init__(
+        self,
+        url: URL,
+        *,
+        version_table: str = "alembic_version",
+        version_table_schema: str | None = None,
+        connect_timeout_seconds: float = 10.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url = url
+        self.backend = url.get_backend_name()
+        self.version_table = version_table
+        self.version_table_schema = version_table_schema
+        self._sleep = sleep
+        self._clock = clock
+        self._secrets = tuple(s for s in {url.password} if s and len(str(s)) >= 3)
+        self.engine = _create_engine(url, connect_timeout_seconds)
+        self._version = sa.table(
+            version_table, sa.column("version_num"), schema=version_table_schema
+        )
+
+    @property
+    def masked_url(self) -> str:
+        return self.url.render_as_string(hide_password=True)
+
+    def redact(self, text: str) -> str:
+        """Replace the password wherever it appears in ``text``."""
+        for secret in self._secrets:
+            text = text.replace(str(secret), "***")
+        return text
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """Open a connection, translating connect failures.
+
+        Raises:
+            DatabaseUnavailableError: the database cannot be reached.
+        """
+        try:
+            conn = self.engine.connect()
+        except SQLAlchemyError as exc:
+            raise DatabaseUnavailableError(
+                f"cannot connect to {self.masked_url}: {self._describe(exc)}; check "
+                "that the server is up and the host, port, user and password are right"
+            ) from exc
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def read_state(self) -> DbState:
+        """Read the head revision(s) from the version table: one query.
+
+        A missing version table is an empty database (no revision).
+
+        Raises:
+            DatabaseUnavailableError: the database cannot be reached or the
+                table cannot be read.
+        """
+        with self.connect() as conn:
+            try:
+                rows = conn.execute(sa.select(self._version.c.version_num)).scalars().all()
+                conn.rollback()
+                return DbState(tuple(sorted(str(row) for row in rows)))
+            except DBAPIError as exc:
+                conn.rollback()
+                if exc.connection_invalidated or not self._has_version_table(conn):
+                    if exc.connection_invalidated:
+                        raise self._unavailable(exc) from exc
+                    return DbState(())
+                raise DatabaseUnavailableError(
+                    f"cannot read the version table {self._table_name()} on "
+                    f"{self.masked_url}: {self._describe(exc)}; check that the user "
+                    "may read it"
+                ) from exc
+
+    def migration_connection(self) -> Connection:
+        """A fresh connection for Alembic, with no transaction begun on it.
+
+        Raises:
+            DatabaseUnavailableError: the database cannot be reached.
+        """
+        try:
+            return self.engine.connect()
+        except SQLAlchemyError as exc:
+            raise self._unavailable(exc) from exc
+
+    @contextmanager
+    def lock(self, wait_seconds: float, on_wait: WaitCallback | None = None) -> Iterator[float]:
+        """Hold the migration lock; yields the seconds spent waiting for it.
+
+        Raises:
+            LockTimeoutError: another instance held it for ``wait_seconds``.
+            DatabaseUnavailableError: the database cannot be reached.
+        """
+        backend = self._backend()
+        with backend.session():
+            try:
+                waited = self._acquire(backend, wait_seconds, on_wait)
+            except SQLAlchemyError as exc:
+                raise self._unavailable(exc) from exc
+            try:
+                yield waited
+            finally:
+                # If the session died, the server already dropped the lock.
+                with suppress(SQLAlchemyError):
+                    backend.release()
+
+    def _acquire(self, backend: _Lock, wait_seconds: float, on_wait: WaitCallback | None) -> float:
+        started = self._clock()
+        deadline = started + wait_seconds
+        while not backend.try_acquire():
+            now = self._clock()
+            holder = backend.holder()
+            if now >= deadline:
+                raise LockTimeoutError(
+                    f"the migration lock is still held by {_who(holder)} after "
+                    f"{wait_seconds:g}s (SCHEMAD_LOCK_WAIT_SECONDS); another "
+                    "instance is migrating. Retry later, or if the holder is "
+                    "gone for good see 'Breaking a stuck lock' in the README",
+                    holder=holder.description if holder else None,
+                )
+            if on_wait is not None:
+                on_wait(holder, now - started)
+            self._sleep(min(LOCK_POLL_SECONDS, max(deadline - now, 0.0)))
+        return self._clock() - started
+
+    def lock_holder(self) -> LockHolder | None:
+        """Who holds the migration lock now, if anyone (for `status`).
+
+        Raises:
+            DatabaseUnavailableError: the database cannot be reached.
+        """
+        backend = self._backend()
+        with backend.session():
+            try:
+                return backend.current_holder()
+            except SQLAlchemyError as exc:
+                raise self._unavailable(exc) from exc
+
+    def _backend(self) -> _Lock:
+        if self.backend == "sqlite":
+            return _FileLock(self)
+        if self.backend == "postgresql":
+            return _PostgresLock(self)
+        return _MySQLLock(self)
+
+    def lock_name(self) -> str:
+        """A name for this database's lock, unique across a server."""
+        database = self.url.database or ""
+        if self.backend == "sqlite":
+            database = str(Path(database).resolve())
+        return f"schemad:{database}:{self._table_name()}"
+
+    def _table_name(self) -> str:
+        if self.version_table_schema:
+            return f"{self.version_table_schema}.{self.version_table}"
+        return self.version_table
+
+    def _has_version_table(self, conn: Connection) -> bool:
+        try:
+            found = sa.inspect(conn).has_table(self.version_table, schema=self.version_table_schema)
+        finally:
+            conn.rollback()
+        return bool(found)
+
+    def _unavailable(self, exc: BaseException) -> DatabaseUnavailableError:
+        return DatabaseUnavailableError(
+            f"database {self.masked_url} is unavailable: {self._describe(exc)}"
+        )
+
+    def _describe(self, exc: BaseException) -> str:
+        orig = getattr(exc, "orig", None) or exc
+        text = str(orig).strip().splitlines()
+        first = text[0] if text else type(orig).__name__
+        return self.redact(f"{type(orig).__name__}: {first}")
+
+
+def _create_engine(url: URL, connect_timeout_seconds: float) -> Engine:
+    backend = url.get_backend_name()
+    timeout = max(1, math.ceil(connect_timeout_seconds))
+    connect_args: dict[str, Any] = {}
+    if backend == "postgresql":
+        connect_args = {
+            "connect_timeout": timeout,
+            "application_name": instance_name()[:63],
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+        }
+    elif backend in ("mysql", "mariadb"):
+        connect_args = {"connect_timeout": timeout}
+    elif backend == "sqlite":
+        connect_args = {"timeout": connect_timeout_seconds}
+    try:
+        engine = sa.create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+    except (NoSuchModuleError, ImportError) as exc:
+        raise ConfigError(
+            f"SCHEMAD_DATABASE_URL={url.render_as_string(hide_password=True)}: the "
+            f"driver '{url.drivername}' is not available ({exc}); use "
+            "postgresql+psycopg://, mysql+pymysql:// or sqlite:///",
+            variable="SCHEMAD_DATABASE_URL",
+        ) from exc
+    if backend == "sqlite":
+        _make_sqlite_ddl_transactional(engine)
+    return engine
+
+
+def _make_sqlite_ddl_transactional(engine: Engine) -> None:
+    # pysqlite commits before DDL by default; take over BEGIN so that a
+    # revision's DDL and its version-table update commit together.
+    @event.listens_for(engine, "connect")
+    def _no_implicit_transactions(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+
+def _who(holder: LockHolder | None) -> str:
+    if holder is None:
+        return "another instance"
+    if holder.held_seconds is None:
+        return holder.description
+    return f"{holder.description} (for {holder.held_seconds:.0f}s)"
+
+
+class _Lock:
+    """One dialect's way of taking the migration lock."""
+
+    def __init__(self, database: Database) -> None:
+        self.db = database
+        self.conn: Connection | None = None
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        with self.db.connect() as conn:
+            self.conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield
+
+    def try_acquire(self) -> bool:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    def holder(self) -> LockHolder | None:
+        raise NotImplementedError
+
+    def current_holder(self) -> LockHolder | None:
+        return self.holder()
+
+    def _scalar(self, sql: str, **params: Any) -> Any:
+        assert self.conn is not None
+        return self.conn.execute(sa.text(sql), params).scalar()
+
+
+class _PostgresLock(_Lock):
+    def __init__(self, database: Database) -> None:
+        super().__init__(database)
+        digest = hashlib.blake2b(database.lock_name().encode(), digest_size=8).digest()
+        self.key = int.from_bytes(digest, "big", signed=True)
+
+    def try_acquire(self) -> bool:
+        return bool(self._scalar("SELECT pg_try_advisory_lock(:key)", key=self.key))
+
+    def release(self) -> None:
+        self._scalar("SELECT pg_advisory_unlock(:key)", key=self.key)
+
+    def holder(self) -> LockHolder | None:
+        unsigned = self.key & 0xFFFFFFFFFFFFFFFF
+        assert self.conn is not None
+        row = self.conn.execute(
+            sa.text(
+                "SELECT a.pid, a.application_name, host(a.client_addr), "
+                "EXTRACT(EPOCH FROM now() - a.state_change) "
+                "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+                "AND l.classid = CAST(CAST(:hi AS bigint) AS oid) "
+                "AND l.objid = CAST(CAST(:lo AS bigint) AS oid) "
+                "AND l.database = (SELECT oid FROM pg_database "
+                "WHERE datname = current_database())"
+            ),
+            {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF},
+        ).first()
+        if row is None:
+            return None
+        pid, app, addr, idle = row
+        name = app or "a client"
+        return LockHolder(
+            f"{name} (backend pid {pid}{', from ' + addr if addr else ''})",
+            float(idle) if idle is not None else None,
+        )
+
+
+class _MySQLLock(_Lock):
+    def __init__(self, database: Database) -> None:
+        super().__init__(database)
+        name = database.lock_name()
+        if len(name) > 64:  # MySQL's limit on lock names
+            name = "schemad:" + hashlib.sha256(name.encode()).hexdigest()[:56]
+        self.name = name
+
+    def try_acquire(self) -> bool:
+        return bool(self._scalar("SELECT GET_LOCK(:name, 0)", name=self.name) == 1)
+
+    def release(self) -> None:
+        self._scalar("SELECT RELEASE_LOCK(:name)", name=self.name)
+
+    def holder(self) -> LockHolder | None:
+        assert self.conn is not None
+        row = self.conn.execute(
+            sa.text(
+                "SELECT p.ID, p.HOST, p.TIME FROM information_schema.PROCESSLIST p "
+                "WHERE p.ID = IS_USED_LOCK(:name)"
+            ),
+            {"name": self.name},
+        ).first()
+        if row is None:
+            return None
+        conn_id, host, idle = row
+        return LockHolder(
+            f"connection {conn_id} from {host}", float(idle) if idle is not None else None
+        )
+
+
+class _FileLock(_Lock):
+    def __init__(self, database: Database) -> None:
+        super().__init__(database)
+        self.path = Path(f"{database.url.database}.schemad-lock")
+        self.fd: int | None = None
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise DatabaseUnavailableError(
+                f"cannot open the lock file {self.path}: {exc.strerror}; schemad needs "
+                "write access to the SQLite database's directory"
+            ) from exc
+        try:
+            yield
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+    def try_acquire(self) -> bool:
+        assert self.fd is not None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        # Not the lock itself (that is the flock): a note for waiters.
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{instance_name()} {time.time():.3f}\n".encode(), 0)
+        return True
+
+    def release(self) -> None:
+        assert self.fd is not None
+        os.ftruncate(self.fd, 0)
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def current_holder(self) -> LockHolder | None:
+        assert self.fd is not None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return self.holder()
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        return None
+
+    def holder(self) -> LockHolder | None:
+        try:
+            text = self.path.read_text(encoding="utf-8").strip()
+        except OSError:
+            return None
+        if not text:
+            return None
+        name, _, since = text.rpartition(" ")
+        try:
+            held = max(time.time() - float(since), 0.0)
+        except ValueError:
+            return LockHolder(text)
+        return LockHolder(name, held)

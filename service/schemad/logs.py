@@ -1,0 +1,122 @@
+"""structlog configuration, and the bridge that routes stdlib logging
+(Alembic, SQLAlchemy, APScheduler) through the same pipeline.
+
+One JSON object per line when not on a terminal (containers), readable
+console lines on a terminal. Every event, ours or a library's, goes through
+a processor that masks the database password.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+import structlog
+from structlog.types import EventDict, Processor
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+class _Redactor:
+    """Replace secrets in every string field of an event."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self.secrets = tuple(s for s in secrets if s and len(s) >= 3)
+
+    def __call__(self, _logger: Any, _name: str, event: EventDict) -> EventDict:
+        if not self.secrets:
+            return event
+        for key, value in event.items():
+            if isinstance(value, str):
+                for secret in self.secrets:
+                    value = value.replace(secret, "***")
+                event[key] = value
+        return event
+
+
+def configure(
+    log_format: str = "auto",
+    level: str = "info",
+    *,
+    secrets: Iterable[str] = (),
+    stream: IO[str] | None = None,
+) -> None:
+    """Configure structlog and the stdlib root logger once, from the CLI."""
+    out = stream if stream is not None else sys.stderr
+    as_json = log_format == "json" or (log_format == "auto" and not _is_tty(out))
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _Redactor(secrets),
+    ]
+    renderer: Processor
+    if as_json:
+        renderer = structlog.processors.JSONRenderer()
+        tail: list[Processor] = [structlog.processors.dict_tracebacks]
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=_is_tty(out))
+        tail = []
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *tail,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(_LEVELS.get(level, logging.INFO))
+    # SQLAlchemy's engine logger echoes SQL at INFO; keep it for debug only.
+    logging.getLogger("sqlalchemy.engine").setLevel(
+        logging.DEBUG if level == "debug" else logging.WARNING
+    )
+
+
+@contextmanager
+def preserved() -> Iterator[None]:
+    """Undo a project env.py's ``fileConfig()`` once it has run."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    disabled = {
+        name: logger.disabled
+        for name, logger in logging.Logger.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }
+    try:
+        yield
+    finally:
+        root.handlers = handlers
+        root.setLevel(level)
+        for name, logger in logging.Logger.manager.loggerDict.items():
+            if isinstance(logger, logging.Logger):
+                logger.disabled = disabled.get(name, False)
+
+
+def get_logger(name: str = "schemad") -> Any:
+    return structlog.stdlib.get_logger(name)
+
+
+def _is_tty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -1,0 +1,136 @@
+"""Every metric, declared once on a registry that is passed in.
+
+Names follow Prometheus conventions: ``schemad_`` prefix, base units,
+``_total`` only on counters, revision ids only as labels of ``_info`` gauges.
+Every labelled child is created at start so each series exists before its
+first event.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from schemad import __version__
+from schemad.model import Outcome, Result
+
+DIRECTIONS = ("upgrade", "downgrade")
+_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+
+
+class Metrics:
+    """schemad's metrics on one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.build_info = Gauge(
+            "schemad_build_info", "schemad version; always 1.", ["version"], registry=registry
+        )
+        self.reconciles = Counter(
+            "schemad_reconcile", "Reconcile passes, by outcome.", ["outcome"], registry=registry
+        )
+        self.reconcile_duration = Histogram(
+            "schemad_reconcile_duration_seconds",
+            "Duration of reconcile passes.",
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.pending = Gauge(
+            "schemad_pending_revisions",
+            "Revisions between the database and the target, at the last pass.",
+            registry=registry,
+        )
+        self.at_target = Gauge(
+            "schemad_at_target",
+            "1 when the last pass found the database at the target, else 0.",
+            registry=registry,
+        )
+        self.current_revision = Gauge(
+            "schemad_current_revision_info",
+            "The database's current revision(s); value 1.",
+            ["revision"],
+            registry=registry,
+        )
+        self.target_revision = Gauge(
+            "schemad_target_revision_info",
+            "The target revision(s) as resolved; value 1.",
+            ["revision"],
+            registry=registry,
+        )
+        self.last_reconcile = Gauge(
+            "schemad_last_reconcile_timestamp_seconds",
+            "Unix time the last pass ended.",
+            registry=registry,
+        )
+        self.last_success = Gauge(
+            "schemad_last_success_timestamp_seconds",
+            "Unix time the last pass ended with the database at the target.",
+            registry=registry,
+        )
+        self.revisions_applied = Counter(
+            "schemad_revisions_applied",
+            "Revisions applied (or reverted), by direction.",
+            ["direction"],
+            registry=registry,
+        )
+        self.revision_duration = Histogram(
+            "schemad_revision_apply_duration_seconds",
+            "Duration of applying one revision, by direction.",
+            ["direction"],
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.lock_wait = Histogram(
+            "schemad_lock_wait_seconds",
+            "Time spent waiting for the migration lock.",
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.lock_waiting = Gauge(
+            "schemad_lock_waiting",
+            "1 while this instance waits for another instance's migration lock.",
+            registry=registry,
+        )
+        self.database_up = Gauge(
+            "schemad_database_up",
+            "1 when the last pass could reach the database, else 0.",
+            registry=registry,
+        )
+        self.interval = Gauge(
+            "schemad_interval_seconds",
+            "Configured seconds between passes (for alerts on missed passes).",
+            registry=registry,
+        )
+        self.build_info.labels(__version__).set(1)
+        for outcome in Outcome:
+            self.reconciles.labels(outcome.value)
+        for direction in DIRECTIONS:
+            self.revisions_applied.labels(direction)
+            self.revision_duration.labels(direction)
+
+    def observe(self, result: Result, *, finished_at: float) -> None:
+        """Record one finished pass."""
+        self.reconciles.labels(result.outcome.value).inc()
+        self.reconcile_duration.observe(result.duration_seconds)
+        self.last_reconcile.set(finished_at)
+        self.database_up.set(0 if result.outcome is Outcome.UNAVAILABLE else 1)
+        self.lock_waiting.set(0)
+        if result.lock_wait_seconds > 0 or result.applied:
+            self.lock_wait.observe(result.lock_wait_seconds)
+        for step in result.applied:
+            self.revisions_applied.labels(step.direction).inc()
+            self.revision_duration.labels(step.direction).observe(step.duration_seconds)
+        if result.outcome is Outcome.UNAVAILABLE or result.plan is None:
+            return
+        plan = result.plan
+        self.at_target.set(1 if result.at_target else 0)
+        self.pending.set(0 if result.at_target else len(plan.steps))
+        if result.at_target:
+            self.last_success.set(finished_at)
+        _set_info(self.current_revision, result.heads_after)
+        _set_info(self.target_revision, plan.target)
+
+
+def _set_info(gauge: Gauge, revisions: tuple[str, ...]) -> None:
+    gauge.clear()
+    for revision in revisions or ("base",):
+        gauge.labels(revision).set(1)

@@ -1,0 +1,297 @@
+"""One reconcile pass: read -> plan -> lock -> re-read, re-plan -> apply ->
+release -> verify -> Result.
+
+Every error a pass can meet ends up in the Result (outcome, message, exit
+code); only a bad configuration escapes as an exception, because that one
+must stop the process.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from alembic.config import Config
+
+from schemad import logs
+from schemad.applier import apply_plan
+from schemad.database import Database
+from schemad.errors import (
+    ConfigError,
+    DatabaseUnavailableError,
+    LockTimeoutError,
+    MigrationFailedError,
+    SchemadError,
+    ScriptError,
+)
+from schemad.model import (
+    AppliedStep,
+    DbState,
+    LockHolder,
+    Outcome,
+    Plan,
+    PlanKind,
+    Policy,
+    Result,
+    Target,
+)
+from schemad.planner import make_plan
+from schemad.revisions import Scripts, load_scripts, scripts_fingerprint
+from schemad.settings import Settings
+
+_OUTCOME_OF_PLAN = {
+    PlanKind.IN_SYNC: Outcome.IN_SYNC,
+    PlanKind.AHEAD: Outcome.AHEAD,
+    PlanKind.REFUSED: Outcome.REFUSED,
+}
+_OUTCOME_OF_ERROR: dict[type[SchemadError], Outcome] = {
+    DatabaseUnavailableError: Outcome.UNAVAILABLE,
+    LockTimeoutError: Outcome.LOCK_TIMEOUT,
+    MigrationFailedError: Outcome.FAILED,
+    ScriptError: Outcome.SCRIPT_ERROR,
+}
+_LOCK_LOG_EVERY_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What the database and the scripts say now, without the lock."""
+
+    state: DbState
+    target: Target
+    plan: Plan
+
+
+@dataclass
+class _Pass:
+    """What one pass has learnt so far, for the Result."""
+
+    plan: Plan | None = None
+    heads_before: tuple[str, ...] = ()
+    heads_after: tuple[str, ...] = ()
+    applied: list[AppliedStep] = field(default_factory=list)
+    lock_wait_seconds: float = 0.0
+    lock_holder: LockHolder | None = None
+
+
+class Reconciler:
+    """Keeps one database at the target revision, one pass at a time."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.database = database
+        self.config = config
+        self.policy = Policy(
+            allow_downgrade=settings.allow_downgrade,
+            ignore_unknown_revisions=settings.on_unknown_revision == "ignore",
+        )
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._scripts: Scripts | None = None
+        self._log = logs.get_logger("schemad.reconciler")
+        self._last_lock_log = float("-inf")
+
+    def scripts(self) -> Scripts:
+        """The migration scripts, reloaded only when their files changed.
+
+        Raises:
+            ScriptError: the scripts cannot be loaded.
+        """
+        current = self._scripts
+        if current is not None and scripts_fingerprint(self.config) == current.fingerprint:
+            return current
+        with logs.preserved():
+            loaded = load_scripts(self.config)
+        if current is not None:
+            self._log.info(
+                "scripts_reloaded",
+                revisions=len(loaded.graph.revisions),
+                heads=list(loaded.graph.heads),
+            )
+        self._scripts = loaded
+        return loaded
+
+    def inspect(self) -> Inspection:
+        """Read the version table and plan, without taking the lock.
+
+        Raises:
+            ScriptError, DatabaseUnavailableError: as their names say.
+        """
+        scripts = self.scripts()
+        target = scripts.resolve(self.settings.target_revision)
+        state = self.database.read_state()
+        return Inspection(state, target, make_plan(scripts.graph, state, target, self.policy))
+
+    def reconcile_once(self) -> Result:
+        """Run one pass and report it; never raises but for a ConfigError.
+
+        Raises:
+            ConfigError: the configuration is wrong (e.g. env.py disagrees
+                about the version table); the process should stop.
+        """
+        run_id = uuid.uuid4().hex[:12]
+        started_at, start = self._wall_clock(), self._clock()
+        progress = _Pass()
+        with structlog.contextvars.bound_contextvars(run_id=run_id):
+            self._log.debug("reconcile_started", target=self.settings.target_revision)
+            try:
+                outcome = self._run(progress)
+                error: SchemadError | None = None
+            except ConfigError:
+                raise
+            except SchemadError as exc:
+                outcome, error = _OUTCOME_OF_ERROR[type(exc)], exc
+            result = self._result(run_id, started_at, start, progress, outcome, error)
+            self._log_finished(result)
+        return result
+
+    def _run(self, progress: _Pass) -> Outcome:
+        inspection = self.inspect()
+        progress.plan = inspection.plan
+        progress.heads_before = progress.heads_after = inspection.state.heads
+        if not inspection.plan.has_work:
+            return _OUTCOME_OF_PLAN[inspection.plan.kind]
+        self._log.info(
+            "plan_made",
+            kind=inspection.plan.kind.value,
+            pending=[step.revision for step in inspection.plan.steps],
+        )
+        with self.database.lock(
+            self.settings.lock_wait_seconds, on_wait=self._lock_waiting(progress)
+        ) as waited:
+            progress.lock_wait_seconds = waited
+            self._log.info("lock_acquired", wait_seconds=round(waited, 3))
+            return self._apply_under_lock(progress)
+
+    def _apply_under_lock(self, progress: _Pass) -> Outcome:
+        # Someone may have migrated while we waited: plan again.
+        inspection = self.inspect()
+        progress.plan = inspection.plan
+        progress.heads_before = progress.heads_after = inspection.state.heads
+        if not inspection.plan.has_work:
+            return _OUTCOME_OF_PLAN[inspection.plan.kind]
+        connection = self.database.migration_connection()
+        try:
+            apply_plan(
+                self.scripts(),
+                connection,
+                inspection.plan,
+                self.settings.target_revision,
+                version_table=self.settings.version_table,
+                version_table_schema=self.settings.version_table_schema,
+                on_step=self._step_done(progress),
+                clock=self._clock,
+            )
+        except MigrationFailedError:
+            progress.heads_after = self._heads_or_unknown()
+            raise
+        finally:
+            connection.close()
+        return self._verify(progress, inspection.target)
+
+    def _verify(self, progress: _Pass, target: Target) -> Outcome:
+        after = self.database.read_state()
+        progress.heads_after = after.heads
+        wanted = tuple(sorted(target.revisions or ()))
+        if tuple(sorted(after.heads)) != wanted:
+            raise MigrationFailedError(
+                f"after applying, the version table says {list(after.heads)} instead of "
+                f"the target {list(wanted)}; check the revisions' upgrade() functions",
+                revision=None,
+            )
+        return Outcome.APPLIED
+
+    def _heads_or_unknown(self) -> tuple[str, ...]:
+        try:
+            return self.database.read_state().heads
+        except SchemadError:
+            return ()
+
+    def _step_done(self, progress: _Pass) -> Callable[[AppliedStep], None]:
+        def record(step: AppliedStep) -> None:
+            progress.applied.append(step)
+            self._log.info(
+                "migration_applied",
+                revision=step.revision,
+                message=step.message,
+                direction=step.direction,
+                duration_seconds=round(step.duration_seconds, 4),
+            )
+
+        return record
+
+    def _lock_waiting(self, progress: _Pass) -> Callable[[LockHolder | None, float], None]:
+        def waiting(holder: LockHolder | None, waited: float) -> None:
+            progress.lock_holder = holder
+            now = self._clock()
+            if now - self._last_lock_log >= _LOCK_LOG_EVERY_SECONDS:
+                self._last_lock_log = now
+                self._log.info(
+                    "lock_waiting",
+                    holder=holder.description if holder else None,
+                    held_seconds=holder.held_seconds if holder else None,
+                    waited_seconds=round(waited, 3),
+                )
+
+        return waiting
+
+    def _result(
+        self,
+        run_id: str,
+        started_at: float,
+        start: float,
+        progress: _Pass,
+        outcome: Outcome,
+        error: SchemadError | None,
+    ) -> Result:
+        plan = progress.plan
+        message = error.message if error else (plan.message if plan else "")
+        exit_code = error.exit_code if error else (65 if outcome is Outcome.REFUSED else 0)
+        return Result(
+            outcome=outcome,
+            run_id=run_id,
+            started_at=started_at,
+            duration_seconds=self._clock() - start,
+            target_spec=self.settings.target_revision,
+            plan=plan,
+            applied=tuple(progress.applied),
+            heads_before=progress.heads_before,
+            heads_after=progress.heads_after,
+            lock_wait_seconds=progress.lock_wait_seconds,
+            lock_holder=progress.lock_holder,
+            error=self.database.redact(message) if (error or outcome is Outcome.REFUSED) else None,
+            exit_code=exit_code,
+        )
+
+    def _log_finished(self, result: Result) -> None:
+        fields: dict[str, Any] = {
+            "outcome": result.outcome.value,
+            "steps_applied": len(result.applied),
+            "from_revision": ",".join(result.heads_before) or None,
+            "to_revision": ",".join(result.heads_after) or None,
+            "target": result.target_spec,
+            "duration_seconds": round(result.duration_seconds, 4),
+        }
+        if result.plan is not None and result.plan.reason is not None:
+            fields["reason"] = result.plan.reason.value
+        if result.outcome is Outcome.AHEAD and result.plan is not None:
+            fields["detail"] = result.plan.message
+        if result.error:
+            fields["error"] = result.error
+            self._log.error("reconcile_finished", **fields)
+        elif result.outcome is Outcome.AHEAD:
+            self._log.warning("reconcile_finished", **fields)
+        else:
+            self._log.info("reconcile_finished", **fields)

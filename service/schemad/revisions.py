@@ -1,0 +1,157 @@
+"""EDGE: the migration scripts, read through Alembic's ScriptDirectory.
+
+Turns an Alembic project (alembic.ini and/or a migrations directory) into a
+plain :class:`~schemad.model.Graph` for the planner, and resolves the target
+spec with Alembic's own rules (partial ids, ``label@head``, ``heads``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from alembic.script.revision import MultipleHeads, RangeNotAncestorError, ResolutionError
+from alembic.script.revision import Revision as AlembicRevision
+from alembic.util import CommandError
+from sqlalchemy.engine import URL
+
+from schemad.errors import ConfigError, ScriptError
+from schemad.model import Graph, Revision, Target
+
+DEFAULT_SCRIPT_LOCATION = "migrations"
+
+
+@dataclass(frozen=True)
+class Scripts:
+    """A loaded Alembic project: its Config, ScriptDirectory and Graph."""
+
+    config: Config
+    directory: ScriptDirectory
+    graph: Graph
+    fingerprint: tuple[tuple[str, int, int], ...]
+
+    def resolve(self, spec: str) -> Target:
+        """Resolve a target spec (``head``, an id, ``label@head``) to revision ids."""
+        return resolve_target(self.directory, spec)
+
+
+def make_config(url: URL, *, alembic_config: Path | None, script_location: str | None) -> Config:
+    """Build the Alembic Config that schemad runs the project's env.py with.
+
+    Raises:
+        ConfigError: the named alembic.ini does not exist.
+    """
+    if alembic_config is not None:
+        if not alembic_config.is_file():
+            raise ConfigError(
+                f"SCHEMAD_ALEMBIC_CONFIG={alembic_config}: no such file; point it at "
+                "the project's alembic.ini or unset it and set SCHEMAD_SCRIPT_LOCATION",
+                variable="SCHEMAD_ALEMBIC_CONFIG",
+            )
+        config = Config(str(alembic_config))
+    else:
+        config = Config()
+    if script_location is not None or alembic_config is None:
+        location = script_location or DEFAULT_SCRIPT_LOCATION
+        config.set_main_option("script_location", location.replace("%", "%%"))
+    # set_main_option interpolates '%': a URL-encoded password must be escaped.
+    plain = url.render_as_string(hide_password=False)
+    config.set_main_option("sqlalchemy.url", plain.replace("%", "%%"))
+    config.attributes["schemad"] = True
+    return config
+
+
+def load_scripts(config: Config) -> Scripts:
+    """Load every revision file and build the graph.
+
+    Raises:
+        ScriptError: the directory is missing, a revision file does not
+            import, or the graph is broken (cycle, missing parent).
+    """
+    fingerprint = scripts_fingerprint(config)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            directory = ScriptDirectory.from_config(config)
+            graph = _graph(directory)
+    except ScriptError:
+        raise
+    except CommandError as exc:
+        raise ScriptError(_script_problem(config, exc)) from exc
+    except Warning as exc:
+        raise ScriptError(f"the migration scripts are inconsistent: {exc}") from exc
+    except Exception as exc:  # a revision file that does not import: any error
+        raise ScriptError(
+            f"cannot load the migration scripts in {_location(config)}: "
+            f"{type(exc).__name__}: {_first_line(exc)}; fix the revision file "
+            "(try `alembic history` to see the same error)"
+        ) from exc
+    return Scripts(config, directory, graph, fingerprint)
+
+
+def scripts_fingerprint(config: Config) -> tuple[tuple[str, int, int], ...]:
+    """Name, size and mtime of every file under the migrations directory."""
+    root = Path(config.get_main_option("script_location") or DEFAULT_SCRIPT_LOCATION)
+    if not root.is_absolute() and config.config_file_name:
+        here = Path(config.config_file_name).parent
+        candidate = here / root
+        root = candidate if candidate.exists() else root
+    entries = []
+    for path in sorted(root.rglob("*.py")) if root.is_dir() else []:
+        if "__pycache__" in path.parts:
+            continue
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        entries.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return tuple(entries)
+
+
+def resolve_target(directory: ScriptDirectory, spec: str) -> Target:
+    """Resolve ``spec`` with Alembic's rules; never raises for a bad spec."""
+    try:
+        found = directory.revision_map.get_revisions(spec)
+    except MultipleHeads as exc:
+        return Target(spec, None, "multiple_heads", ", ".join(exc.heads))
+    except (ResolutionError, RangeNotAncestorError, CommandError, ValueError) as exc:
+        return Target(spec, None, "unknown_target", _first_line(exc))
+    revisions = tuple(sorted(rev.revision for rev in found if isinstance(rev, AlembicRevision)))
+    return Target(spec, revisions)
+
+
+def _graph(directory: ScriptDirectory) -> Graph:
+    newest_first = list(directory.walk_revisions("base", "heads"))
+    revisions = {
+        script.revision: Revision(
+            script.revision,
+            tuple(script._all_down_revisions),
+            (script.doc or "").strip(),
+        )
+        for script in newest_first
+    }
+    order = tuple(script.revision for script in reversed(newest_first))
+    return Graph(revisions, order, tuple(sorted(directory.get_heads())))
+
+
+def _script_problem(config: Config, exc: CommandError) -> str:
+    text = _first_line(exc)
+    if "doesn't exist" in text or "not a directory" in text.lower():
+        return (
+            f"migrations directory {_location(config)} does not exist; set "
+            "SCHEMAD_SCRIPT_LOCATION to the directory holding env.py and versions/ "
+            "(or SCHEMAD_ALEMBIC_CONFIG to the project's alembic.ini)"
+        )
+    return f"cannot load the migration scripts in {_location(config)}: {text}"
+
+
+def _location(config: Config) -> str:
+    return config.get_main_option("script_location") or DEFAULT_SCRIPT_LOCATION
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

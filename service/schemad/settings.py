@@ -1,0 +1,255 @@
+"""Settings: the only module that reads the environment.
+
+Every setting is an environment variable with the ``SCHEMAD_`` prefix, read
+by pydantic-settings. A bad value raises :class:`~schemad.errors.ConfigError`
+with one line naming the variable, the value (never a secret) and what is
+expected, before anything touches the database.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from schemad.errors import ConfigError
+
+PREFIX = "SCHEMAD_"
+SUPPORTED_BACKENDS = ("postgresql", "mysql", "mariadb", "sqlite")
+_SECRET_FIELDS = frozenset({"database_url"})
+_RELATIVE_TARGET = re.compile(r"(^|@)[+-]\d+$")
+# Kubernetes injects <SERVICE>_PORT, <SERVICE>_SERVICE_HOST, ... for a Service
+# named "schemad"; those are not typos of ours.
+_SERVICE_LINK = re.compile(r"^SCHEMAD_(PORT|SERVICE_)")
+
+Seconds = Annotated[float, Field(gt=0, le=86_400)]
+
+
+class Settings(BaseSettings):
+    """Everything schemad can be told, from ``SCHEMAD_*`` variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX,
+        case_sensitive=False,
+        extra="ignore",
+        env_ignore_empty=True,
+        frozen=True,
+        validate_default=True,
+    )
+
+    database_url: SecretStr | None = None
+    """SQLAlchemy URL of the database to keep at the target."""
+    database_url_file: Path | None = None
+    """File holding the URL (a mounted Kubernetes Secret); excludes DATABASE_URL."""
+    alembic_config: Path | None = None
+    """An existing project's alembic.ini; its script_location is used."""
+    script_location: str | None = None
+    """The migrations directory (holds env.py and versions/); default 'migrations'."""
+    target_revision: str = "head"
+    """head, heads, base, a revision id, or label@head."""
+    allow_downgrade: bool = False
+    """Revert revisions when the database is past a pinned target."""
+    on_unknown_revision: Literal["fail", "ignore"] = "fail"
+    """What to do when the database is at a revision the migrations lack."""
+    version_table: str = Field(default="alembic_version", pattern=r"^[A-Za-z_][A-Za-z0-9_$]*$")
+    """Name of Alembic's version table."""
+    version_table_schema: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_$]*$")
+    """Schema of the version table, when not the default one."""
+    lock_wait_seconds: Seconds = 300.0
+    """How long to wait for another instance's migration lock."""
+    connect_timeout_seconds: Seconds = 10.0
+    """Bound on opening one database connection."""
+    wait_timeout_seconds: Seconds = 300.0
+    """How long `schemad wait` waits for the target."""
+    wait_interval_seconds: Seconds = 2.0
+    """How often `schemad wait` looks at the version table."""
+    log_format: Literal["auto", "json", "console"] = "auto"
+    """json in containers, console on a terminal; auto picks by the terminal."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Lowest level written."""
+    interval_seconds: Seconds = 60.0
+    """`schemad run`: seconds between passes (unless SCHEMAD_SCHEDULE is set)."""
+    schedule: str | None = None
+    """`schemad run`: a five-field cron expression, instead of the interval."""
+    jitter_seconds: float = Field(default=0.0, ge=0, le=3600)
+    """`schemad run`: random delay added to each pass, so replicas spread out."""
+    backoff_max_seconds: Seconds = 300.0
+    """`schemad run`: longest delay between retries after failed passes."""
+    http_host: str = "0.0.0.0"
+    """`schemad run`: address the HTTP server listens on."""
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    """`schemad run`: port of /metrics, /healthz, /readyz and /status (0: any free port)."""
+    shutdown_grace_seconds: Seconds = 30.0
+    """`schemad run`: on SIGTERM, how long a running revision may take to finish."""
+
+    @field_validator("target_revision")
+    @classmethod
+    def _target_is_absolute(cls, value: str) -> str:
+        value = value.strip()
+        if not value or any(ch.isspace() for ch in value) or ":" in value:
+            raise ValueError("expected head, heads, base, a revision id or label@head")
+        if _RELATIVE_TARGET.search(value):
+            raise ValueError(
+                "relative targets (+N, -N) move on every pass; name a revision instead"
+            )
+        return value
+
+    @field_validator("log_format", "log_level", "on_unknown_revision", mode="before")
+    @classmethod
+    def _lowercase(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron_parses(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value.strip())
+        except ValueError as exc:
+            raise ValueError(
+                f"expected a five-field cron expression like '*/5 * * * *' ({exc})"
+            ) from None
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _one_url_source(self) -> Settings:
+        if self.database_url is not None and self.database_url_file is not None:
+            raise ValueError("set SCHEMAD_DATABASE_URL or SCHEMAD_DATABASE_URL_FILE, not both")
+        return self
+
+    def url(self) -> URL:
+        """Return the database URL, read from the file when one is named.
+
+        Raises:
+            ConfigError: no URL is set, the file cannot be read, or the URL is
+                not one schemad supports.
+        """
+        if self.database_url_file is not None:
+            raw = _read_secret_file(self.database_url_file)
+            variable = f"{PREFIX}DATABASE_URL_FILE"
+        elif self.database_url is not None:
+            raw = self.database_url.get_secret_value()
+            variable = f"{PREFIX}DATABASE_URL"
+        else:
+            raise ConfigError(
+                "SCHEMAD_DATABASE_URL is not set; set it to the database to migrate, "
+                "e.g. postgresql+psycopg://user:password@host:5432/app "
+                "(or point SCHEMAD_DATABASE_URL_FILE at a file holding it)",
+                variable=f"{PREFIX}DATABASE_URL",
+            )
+        return parse_url(raw, variable)
+
+    def masked_url(self) -> str:
+        """Return the URL with its password hidden, safe for logs and output."""
+        return self.url().render_as_string(hide_password=True)
+
+
+def parse_url(raw: str, variable: str = f"{PREFIX}DATABASE_URL") -> URL:
+    """Parse and check a database URL without ever echoing its password.
+
+    Raises:
+        ConfigError: the URL is malformed, for an unsupported database, or an
+            in-memory SQLite database.
+    """
+    try:
+        url = make_url(raw.strip())
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigError(
+            f"{variable} is not a valid SQLAlchemy URL; expected "
+            "dialect+driver://user:password@host:port/database, e.g. "
+            "postgresql+psycopg://app@db:5432/app, mysql+pymysql://app@db/app or "
+            "sqlite:////data/app.db",
+            variable=variable,
+        ) from exc
+    backend = url.get_backend_name()
+    masked = url.render_as_string(hide_password=True)
+    if backend not in SUPPORTED_BACKENDS:
+        raise ConfigError(
+            f"{variable}={masked}: database '{backend}' is not supported; use "
+            "postgresql+psycopg://, mysql+pymysql:// or sqlite:///",
+            variable=variable,
+        )
+    if backend == "sqlite" and url.database in (None, "", ":memory:"):
+        raise ConfigError(
+            f"{variable}={masked}: an in-memory SQLite database vanishes when "
+            "schemad exits; use a file, e.g. sqlite:////data/app.db",
+            variable=variable,
+        )
+    if backend != "sqlite" and not url.database:
+        raise ConfigError(
+            f"{variable}={masked}: the URL names no database; add it after the host, e.g. .../app",
+            variable=variable,
+        )
+    return url
+
+
+def _read_secret_file(path: Path) -> str:
+    variable = f"{PREFIX}DATABASE_URL_FILE"
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"{variable}={path}: cannot read the file ({exc.strerror or exc}); "
+            "mount the Secret there or fix the path",
+            variable=variable,
+        ) from exc
+    if not text:
+        raise ConfigError(f"{variable}={path}: the file is empty", variable=variable)
+    return text
+
+
+def load_settings() -> Settings:
+    """Read settings from the process environment.
+
+    Raises:
+        ConfigError: a value is invalid; the message names every bad variable.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise _config_error(exc) from None
+
+
+def unknown_variables() -> list[str]:
+    """Return a warning for each ``SCHEMAD_*`` variable that is not a setting."""
+    env = os.environ
+    known = [f"{PREFIX}{name.upper()}" for name in Settings.model_fields]
+    warnings = []
+    for key in sorted(env):
+        upper = key.upper()
+        if not upper.startswith(PREFIX) or upper in known or _SERVICE_LINK.match(upper):
+            continue
+        close = difflib.get_close_matches(upper, known, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        warnings.append(f"{key} is not a schemad setting and is ignored{hint}")
+    return warnings
+
+
+def setting_names() -> list[str]:
+    """Every environment variable schemad reads, for docs and the Helm chart."""
+    return [f"{PREFIX}{name.upper()}" for name in Settings.model_fields]
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    problems = []
+    first_variable = None
+    for error in exc.errors(include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        variable = f"{PREFIX}{field.upper()}" if field else "settings"
+        first_variable = first_variable or variable
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if field in _SECRET_FIELDS or not field:
+            problems.append(f"{variable}: {message}" if field else message)
+        else:
+            problems.append(f"{variable}={error['input']!r}: {message}")
+    return ConfigError("invalid settings: " + "; ".join(problems), variable=first_variable)
