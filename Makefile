@@ -23,11 +23,13 @@ $(VENV)/.test-installed: $(VENV)/.installed pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-## run: migrate the demo SQLite database with the shipped migrations and show its status
+## run: the daemon against a demo SQLite database with the shipped migrations
+##      (watch it: curl localhost:8080/status, /metrics; stop with Ctrl-C)
 run: $(VENV)/.installed
 	@mkdir -p $(dir $(DEMO_DB))
-	SCHEMAD_DATABASE_URL=$${SCHEMAD_DATABASE_URL:-sqlite:///$(DEMO_DB)} $(BIN)/schemad upgrade
-	SCHEMAD_DATABASE_URL=$${SCHEMAD_DATABASE_URL:-sqlite:///$(DEMO_DB)} $(BIN)/schemad status
+	SCHEMAD_DATABASE_URL=$${SCHEMAD_DATABASE_URL:-sqlite:///$(DEMO_DB)} \
+	SCHEMAD_LOG_FORMAT=$${SCHEMAD_LOG_FORMAT:-console} \
+	$(BIN)/schemad run
 
 ## test: install the test dependencies and run the whole suite
 test: $(VENV)/.test-installed

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from alembic.runtime.environment import EnvironmentContext
@@ -29,12 +30,27 @@ from schemad.revisions import Scripts
 StepCallback = Callable[[AppliedStep], None]
 
 
+@dataclass(frozen=True)
+class Applied:
+    """What a run committed, and whether a shutdown ended it early."""
+
+    steps: tuple[AppliedStep, ...]
+    stopped: bool
+
+
 class _Run:
     """The state of one application of a plan: which step, what finished."""
 
-    def __init__(self, on_step: StepCallback | None, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        on_step: StepCallback | None,
+        clock: Callable[[], float],
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
         self.on_step = on_step
         self.clock = clock
+        self.should_stop = should_stop
+        self.stopped = False
         self.current: MigrationStep | None = None
         self.applied: list[AppliedStep] = []
 
@@ -42,6 +58,10 @@ class _Run:
         # Alembic pulls the next step only after the previous one's
         # transaction has committed, so resuming here marks that commit.
         for step in steps:
+            if self.should_stop is not None and self.should_stop():
+                # Ends Alembic's loop cleanly: what has committed stays.
+                self.stopped = True
+                return
             self.current = step
             started = self.clock()
             yield step
@@ -66,9 +86,10 @@ def apply_plan(
     version_table: str,
     version_table_schema: str | None,
     on_step: StepCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
     clock: Callable[[], float] = time.monotonic,
-) -> tuple[AppliedStep, ...]:
-    """Apply ``plan`` on ``connection``; return the committed steps in order.
+) -> Applied:
+    """Apply ``plan`` on ``connection``, one committed revision at a time.
 
     Args:
         scripts: the loaded migration scripts.
@@ -78,15 +99,21 @@ def apply_plan(
         version_table: the version table schemad reads.
         version_table_schema: its schema, if not the default.
         on_step: called after each revision has committed.
+        should_stop: asked before each revision; True ends the run early
+            (a graceful shutdown), keeping what has committed.
         clock: a monotonic clock, for durations.
+
+    Returns:
+        The committed steps, in order, and whether ``should_stop`` ended the
+        run before all of them.
 
     Raises:
         MigrationFailedError: a revision raised; earlier steps stay committed.
         ConfigError: env.py configures a different version table.
     """
     if plan.kind not in (PlanKind.UPGRADE, PlanKind.DOWNGRADE):
-        return ()
-    run = _Run(on_step, clock)
+        return Applied((), stopped=False)
+    run = _Run(on_step, clock, should_stop)
     config = scripts.config
     config.attributes["connection"] = connection
     environment = _environment(
@@ -107,7 +134,7 @@ def apply_plan(
         config.attributes.pop("connection", None)
         if connection.in_transaction():
             connection.rollback()
-    return tuple(run.applied)
+    return Applied(tuple(run.applied), stopped=run.stopped)
 
 
 def render_sql(

@@ -10,10 +10,14 @@ import argparse
 import json
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 from urllib.parse import quote, quote_plus
+
+from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from schemad import __version__, logs
 from schemad.applier import render_sql
@@ -25,9 +29,12 @@ from schemad.errors import (
     SchemadError,
     WaitTimeoutError,
 )
+from schemad.metrics import Metrics
 from schemad.model import LockHolder, Plan, PlanKind, RefusalReason
 from schemad.reconciler import Inspection, Reconciler
 from schemad.revisions import make_config
+from schemad.scheduler import Daemon
+from schemad.server import HttpServer
 from schemad.settings import Settings, load_settings, unknown_variables
 
 EXIT_OK = 0
@@ -113,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--json", action="store_true", help="print JSON")
     output.add_argument("--sql", action="store_true", help="print the SQL (offline mode)")
     commands.add_parser(
+        "run",
+        help="daemon: reconcile on a schedule, serve /metrics /healthz /readyz /status",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands.add_parser(
+        "health",
+        help="exit 0 when the local daemon answers /healthz with 200 (container HEALTHCHECK)",
+    )
+    commands.add_parser(
         "wait",
         help="block until the database is at (or past) the target; someone else migrates",
         epilog=EXIT_CODES_HELP,
@@ -138,6 +155,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     logs.configure(settings.log_format, settings.log_level, secrets=_secrets(settings))
     for warning in unknown_variables():
         log.warning("setting_unknown", detail=warning)
+    if args.command == "health":
+        return cmd_health(settings)
     app: App | None = None
     try:
         app = App.build(settings, stdout)
@@ -216,7 +235,42 @@ def cmd_wait(app: App, _args: argparse.Namespace) -> int:
         time.sleep(min(settings.wait_interval_seconds, max(deadline - time.monotonic(), 0)))
 
 
+def cmd_run(app: App, _args: argparse.Namespace) -> int:
+    settings = app.settings
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+    registry = CollectorRegistry()
+    daemon = Daemon(
+        settings, app.reconciler, Metrics(registry), database_url=app.database.masked_url
+    )
+    server = HttpServer(settings.http_host, settings.http_port, registry, daemon)
+    daemon.install_signal_handlers()
+    server.start()
+    logs.get_logger("schemad.daemon").info(
+        "http_started", host=settings.http_host, port=server.port
+    )
+    daemon.start()
+    try:
+        clean = daemon.wait_until_stopped()
+    finally:
+        server.stop()
+    if daemon.config_error is not None:
+        return daemon.config_error.exit_code
+    return EXIT_OK if clean else EXIT_INTERNAL
+
+
+def cmd_health(settings: Settings) -> int:
+    host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::", "") else settings.http_host
+    url = f"http://{host}:{settings.http_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return EXIT_OK if response.status == 200 else EXIT_INTERNAL
+    except (urllib.error.URLError, OSError) as exc:
+        logs.get_logger("schemad.cli").error("health_failed", url=url, error=str(exc))
+        return EXIT_INTERNAL
+
+
 COMMANDS: dict[str, Callable[[App, argparse.Namespace], int]] = {
+    "run": cmd_run,
     "upgrade": cmd_upgrade,
     "status": cmd_status,
     "plan": cmd_plan,

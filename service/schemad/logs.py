@@ -85,10 +85,10 @@ def configure(
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(_LEVELS.get(level, logging.INFO))
-    # SQLAlchemy's engine logger echoes SQL at INFO; keep it for debug only.
-    logging.getLogger("sqlalchemy.engine").setLevel(
-        logging.DEBUG if level == "debug" else logging.WARNING
-    )
+    # SQLAlchemy echoes SQL and APScheduler announces every job run at INFO;
+    # both are only worth reading when debugging.
+    for chatty in ("sqlalchemy.engine", "apscheduler"):
+        logging.getLogger(chatty).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
 
 
 @contextmanager

@@ -117,6 +117,7 @@ class Outcome(enum.StrEnum):
     FAILED = "failed"
     UNAVAILABLE = "unavailable"
     SCRIPT_ERROR = "script_error"
+    INTERRUPTED = "interrupted"
 
 
 @dataclass(frozen=True)
@@ -158,3 +159,8 @@ class Result:
     @property
     def at_target(self) -> bool:
         return self.outcome in (Outcome.IN_SYNC, Outcome.APPLIED)
+
+    @property
+    def ready(self) -> bool:
+        """An app built for the target can run: at target, or ahead by policy."""
+        return self.at_target or self.outcome is Outcome.AHEAD

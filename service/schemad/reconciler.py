@@ -99,9 +99,21 @@ class Reconciler:
         )
         self._clock = clock
         self._wall_clock = wall_clock
+        self._should_stop: Callable[[], bool] | None = None
+        self._on_lock_wait: Callable[[LockHolder | None, float], None] | None = None
         self._scripts: Scripts | None = None
         self._log = logs.get_logger("schemad.reconciler")
         self._last_lock_log = float("-inf")
+
+    def set_hooks(
+        self,
+        *,
+        should_stop: Callable[[], bool] | None = None,
+        on_lock_wait: Callable[[LockHolder | None, float], None] | None = None,
+    ) -> None:
+        """Let the daemon stop a pass between revisions and watch lock waits."""
+        self._should_stop = should_stop
+        self._on_lock_wait = on_lock_wait
 
     def scripts(self) -> Scripts:
         """The migration scripts, reloaded only when their files changed.
@@ -184,7 +196,7 @@ class Reconciler:
             return _OUTCOME_OF_PLAN[inspection.plan.kind]
         connection = self.database.migration_connection()
         try:
-            apply_plan(
+            applied = apply_plan(
                 self.scripts(),
                 connection,
                 inspection.plan,
@@ -192,6 +204,7 @@ class Reconciler:
                 version_table=self.settings.version_table,
                 version_table_schema=self.settings.version_table_schema,
                 on_step=self._step_done(progress),
+                should_stop=self._should_stop,
                 clock=self._clock,
             )
         except MigrationFailedError:
@@ -199,6 +212,14 @@ class Reconciler:
             raise
         finally:
             connection.close()
+        if applied.stopped:
+            progress.heads_after = self._heads_or_unknown()
+            self._log.warning(
+                "reconcile_interrupted",
+                steps_applied=len(applied.steps),
+                steps_left=len(inspection.plan.steps) - len(applied.steps),
+            )
+            return Outcome.INTERRUPTED
         return self._verify(progress, inspection.target)
 
     def _verify(self, progress: _Pass, target: Target) -> Outcome:
@@ -235,6 +256,8 @@ class Reconciler:
     def _lock_waiting(self, progress: _Pass) -> Callable[[LockHolder | None, float], None]:
         def waiting(holder: LockHolder | None, waited: float) -> None:
             progress.lock_holder = holder
+            if self._on_lock_wait is not None:
+                self._on_lock_wait(holder, waited)
             now = self._clock()
             if now - self._last_lock_log >= _LOCK_LOG_EVERY_SECONDS:
                 self._last_lock_log = now

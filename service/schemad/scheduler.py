@@ -1,0 +1,295 @@
+"""The daemon (`schemad run`): APScheduler wiring, backoff, signals, and the
+state that the HTTP endpoints and metrics report.
+
+One pass at a time, from one worker thread (Alembic's command machinery is
+not thread-safe); a late pass is coalesced, never queued. After a pass that
+did not reach the target, the next one comes sooner or later by bounded,
+jittered exponential backoff. SIGTERM/SIGINT: no new pass starts, a revision
+being applied may finish within the grace period, then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+from typing import Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from schemad import logs
+from schemad.errors import ConfigError
+from schemad.metrics import Metrics
+from schemad.model import LockHolder, Outcome, Result
+from schemad.reconciler import Reconciler
+from schemad.settings import Settings
+
+JOB_ID = "reconcile"
+BACKOFF_BASE_SECONDS = 1.0
+
+
+def backoff_seconds(
+    failures: int, maximum: float, rand: Callable[[], float] = random.random
+) -> float:
+    """Delay before the next attempt after ``failures`` failed passes in a row.
+
+    Exponential from one second, capped at ``maximum``, with "equal jitter":
+    between half and all of the capped delay.
+    """
+    capped = min(maximum, BACKOFF_BASE_SECONDS * 2.0 ** max(failures - 1, 0))
+    return float(capped / 2 + rand() * capped / 2)
+
+
+def make_trigger(settings: Settings) -> BaseTrigger:
+    """The regular schedule: cron when SCHEMAD_SCHEDULE is set, else interval."""
+    jitter = int(settings.jitter_seconds) or None
+    if settings.schedule:
+        trigger = CronTrigger.from_crontab(settings.schedule, timezone=UTC)
+        trigger.jitter = jitter
+        return trigger
+    return IntervalTrigger(seconds=settings.interval_seconds, jitter=jitter, timezone=UTC)
+
+
+def period_seconds(trigger: BaseTrigger) -> float:
+    """Seconds between two regular passes (for cron, the next two)."""
+    if isinstance(trigger, IntervalTrigger):
+        return float(trigger.interval.total_seconds())
+    now = datetime.now(UTC)
+    first = trigger.get_next_fire_time(None, now)
+    second = trigger.get_next_fire_time(first, first + timedelta(seconds=1))
+    if first is None or second is None:
+        return 0.0
+    return float((second - first).total_seconds())
+
+
+class Daemon:
+    """Runs reconcile passes on a schedule and keeps what the endpoints show."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        reconciler: Reconciler,
+        metrics: Metrics,
+        *,
+        database_url: str,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.reconciler = reconciler
+        self.metrics = metrics
+        self.database_url = database_url
+        self._wall_clock = wall_clock
+        self._log = logs.get_logger("schemad.daemon")
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._started_at = wall_clock()
+        self._last: Result | None = None
+        self._last_success_at: float | None = None
+        self._pass_started_at: float | None = None
+        self._waiting_for: LockHolder | None = None
+        self._failures = 0
+        self._scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=1)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone=UTC,
+        )
+        self.config_error: ConfigError | None = None
+        self._trigger = make_trigger(settings)
+        reconciler.set_hooks(should_stop=self._stop.is_set, on_lock_wait=self._lock_waiting)
+        metrics.interval.set(period_seconds(self._trigger))
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Schedule the first pass now and the rest by the trigger."""
+        self._scheduler.add_job(
+            self.run_pass,
+            trigger=self._trigger,
+            id=JOB_ID,
+            next_run_time=datetime.now(UTC),
+        )
+        self._scheduler.start()
+        self._log.info(
+            "daemon_started",
+            schedule=self.settings.schedule,
+            interval_seconds=None if self.settings.schedule else self.settings.interval_seconds,
+            target=self.settings.target_revision,
+            database=self.database_url,
+        )
+
+    def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
+        """Stop scheduling; the pass in progress ends after its current revision."""
+        if not self._stop.is_set():
+            name = signal.Signals(signum).name if signum else "request"
+            self._log.info("shutdown_requested", signal=name)
+        self._stop.set()
+
+    def wait_until_stopped(self) -> bool:
+        """Block until a stop is requested, then shut down within the grace period.
+
+        Returns:
+            True when no pass was left running at exit.
+        """
+        self._stop.wait()
+        self._scheduler.shutdown(wait=False)
+        finished = self._idle.wait(self.settings.shutdown_grace_seconds)
+        if finished:
+            self._log.info("daemon_stopped")
+        else:
+            self._log.error(
+                "shutdown_grace_expired",
+                grace_seconds=self.settings.shutdown_grace_seconds,
+                detail="a revision was still running; the database rolls it back "
+                "where DDL is transactional",
+            )
+        return finished
+
+    def install_signal_handlers(self) -> None:
+        # Python as PID 1 ignores SIGTERM unless a handler is installed.
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    # -- one pass ------------------------------------------------------------
+
+    def run_pass(self) -> Result | None:
+        """Run one reconcile pass (from the scheduler's single worker)."""
+        if self._stop.is_set():
+            return None
+        self._idle.clear()
+        with self._lock:
+            self._pass_started_at = self._wall_clock()
+        try:
+            result = self.reconciler.reconcile_once()
+        except ConfigError as exc:
+            self._log.error("config_invalid", error=exc.message, exit_code=exc.exit_code)
+            self.config_error = exc
+            self.request_stop()
+            return None
+        finally:
+            with self._lock:
+                self._pass_started_at = None
+                self._waiting_for = None
+            self._idle.set()
+        self._record(result)
+        return result
+
+    def _record(self, result: Result) -> None:
+        finished_at = self._wall_clock()
+        self.metrics.observe(result, finished_at=finished_at)
+        with self._lock:
+            self._last = result
+            if result.ready:
+                self._last_success_at = finished_at
+                self._failures = 0
+            elif result.outcome is not Outcome.INTERRUPTED:
+                self._failures += 1
+            failures = self._failures
+        if failures and not self._stop.is_set():
+            self._back_off(failures)
+
+    def _back_off(self, failures: int) -> None:
+        delay = backoff_seconds(failures, self.settings.backoff_max_seconds)
+        when = datetime.now(UTC) + timedelta(seconds=delay)
+        try:
+            self._scheduler.modify_job(JOB_ID, next_run_time=when)
+        except LookupError:  # the job is gone: shutting down
+            return
+        self._log.info(
+            "backoff_scheduled",
+            consecutive_failures=failures,
+            delay_seconds=round(delay, 3),
+        )
+
+    def _lock_waiting(self, holder: LockHolder | None, _waited: float) -> None:
+        self.metrics.lock_waiting.set(1)
+        with self._lock:
+            self._waiting_for = holder
+
+    # -- what the endpoints report ----------------------------------------
+
+    def alive(self) -> tuple[bool, str]:
+        """Liveness: the scheduler is running (also while a pass is long)."""
+        if self._stop.is_set():
+            return True, "stopping"
+        if self._scheduler.running:
+            return True, "ok"
+        return False, "scheduler is not running"
+
+    def ready(self) -> tuple[bool, str]:
+        """Readiness: the last pass found the database at the target."""
+        with self._lock:
+            last = self._last
+        if last is None:
+            return False, "no pass has finished yet"
+        if last.ready:
+            return True, f"at target ({last.outcome.value})"
+        return False, f"not at target: {last.outcome.value}"
+
+    def status(self) -> dict[str, Any]:
+        """The last pass and the daemon's state, as JSON-able data."""
+        with self._lock:
+            last, running_since = self._last, self._pass_started_at
+            waiting_for, failures = self._waiting_for, self._failures
+            last_success = self._last_success_at
+        job = self._scheduler.get_job(JOB_ID) if self._scheduler.running else None
+        next_run = job.next_run_time.isoformat() if job and job.next_run_time else None
+        return {
+            "database": self.database_url,
+            "target": self.settings.target_revision,
+            "started_at": _iso(self._started_at),
+            "stopping": self._stop.is_set(),
+            "pass_running_since": _iso(running_since),
+            "next_pass_at": next_run,
+            "consecutive_failures": failures,
+            "last_success_at": _iso(last_success),
+            "lock": {
+                "waiting": waiting_for is not None,
+                "holder": waiting_for.description if waiting_for else None,
+                "held_seconds": waiting_for.held_seconds if waiting_for else None,
+            },
+            "last_pass": result_document(last) if last else None,
+        }
+
+
+def result_document(result: Result) -> dict[str, Any]:
+    """A pass as JSON-able data (no secrets: messages are already redacted)."""
+    plan = result.plan
+    return {
+        "run_id": result.run_id,
+        "outcome": result.outcome.value,
+        "ready": result.ready,
+        "started_at": _iso(result.started_at),
+        "duration_seconds": round(result.duration_seconds, 6),
+        "current": list(result.heads_after),
+        "previous": list(result.heads_before),
+        "target": list(plan.target) if plan else [],
+        "pending": [s.revision for s in plan.steps] if plan and not result.ready else [],
+        "reason": plan.reason.value if plan and plan.reason else None,
+        "error": result.error,
+        "lock_wait_seconds": round(result.lock_wait_seconds, 6),
+        "applied": [
+            {
+                "revision": step.revision,
+                "message": step.message,
+                "direction": step.direction,
+                "duration_seconds": round(step.duration_seconds, 6),
+            }
+            for step in result.applied
+        ],
+    }
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat()
