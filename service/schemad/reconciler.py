@@ -40,7 +40,7 @@ from schemad.model import (
     Target,
 )
 from schemad.planner import make_plan
-from schemad.revisions import Scripts, load_scripts, scripts_fingerprint
+from schemad.revisions import Scripts, fingerprint_changed, load_scripts
 from schemad.settings import Settings
 
 _OUTCOME_OF_PLAN = {
@@ -55,6 +55,8 @@ _OUTCOME_OF_ERROR: dict[type[SchemadError], Outcome] = {
     ScriptError: Outcome.SCRIPT_ERROR,
 }
 _LOCK_LOG_EVERY_SECONDS = 5.0
+# A migrations directory changed this recently may still be receiving a file.
+_SETTLE_NS = 2_000_000_000
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,9 @@ class Reconciler:
             ScriptError: the scripts cannot be loaded.
         """
         current = self._scripts
-        if current is not None and scripts_fingerprint(self.config) == current.fingerprint:
+        if current is not None and not fingerprint_changed(
+            current.fingerprint, loaded_at_ns=current.loaded_at_ns, settle_ns=_SETTLE_NS
+        ):
             return current
         with logs.preserved():
             loaded = load_scripts(self.config)

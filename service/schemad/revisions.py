@@ -7,6 +7,8 @@ spec with Alembic's own rules (partial ids, ``label@head``, ``heads``).
 
 from __future__ import annotations
 
+import os
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +33,8 @@ class Scripts:
     config: Config
     directory: ScriptDirectory
     graph: Graph
-    fingerprint: tuple[tuple[str, int, int], ...]
+    fingerprint: tuple[tuple[str, int], ...]
+    loaded_at_ns: int
 
     def resolve(self, spec: str) -> Target:
         """Resolve a target spec (``head``, an id, ``label@head``) to revision ids."""
@@ -71,6 +74,7 @@ def load_scripts(config: Config) -> Scripts:
         ScriptError: the directory is missing, a revision file does not
             import, or the graph is broken (cycle, missing parent).
     """
+    loaded_at_ns = time.time_ns()
     fingerprint = scripts_fingerprint(config)
     try:
         with warnings.catch_warnings():
@@ -89,26 +93,54 @@ def load_scripts(config: Config) -> Scripts:
             f"{type(exc).__name__}: {_first_line(exc)}; fix the revision file "
             "(try `alembic history` to see the same error)"
         ) from exc
-    return Scripts(config, directory, graph, fingerprint)
+    return Scripts(config, directory, graph, fingerprint, loaded_at_ns)
 
 
-def scripts_fingerprint(config: Config) -> tuple[tuple[str, int, int], ...]:
-    """Name, size and mtime of every file under the migrations directory."""
-    root = Path(config.get_main_option("script_location") or DEFAULT_SCRIPT_LOCATION)
-    if not root.is_absolute() and config.config_file_name:
-        here = Path(config.config_file_name).parent
-        candidate = here / root
-        root = candidate if candidate.exists() else root
+def scripts_fingerprint(config: Config) -> tuple[tuple[str, int], ...]:
+    """Modification times of the migrations directory and its subdirectories.
+
+    Adding, removing or renaming a revision file (and Kubernetes' symlink swap
+    when a mounted ConfigMap changes) updates its directory's mtime, so a
+    no-op pass costs a few ``stat`` calls however many revisions there are.
+    Revision files are not expected to change in place once applied.
+    """
+    root = _script_root(config)
     entries = []
-    for path in sorted(root.rglob("*.py")) if root.is_dir() else []:
-        if "__pycache__" in path.parts:
-            continue
+    for directory, subdirs, _files in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if d != "__pycache__")
         try:
-            stat = path.stat()
+            entries.append((directory, os.stat(directory).st_mtime_ns))
         except OSError:
             continue
-        entries.append((str(path), stat.st_size, stat.st_mtime_ns))
     return tuple(entries)
+
+
+def fingerprint_changed(
+    fingerprint: tuple[tuple[str, int], ...], *, loaded_at_ns: int, settle_ns: int
+) -> bool:
+    """Whether the directories changed since the fingerprint was taken.
+
+    A directory modified within ``settle_ns`` before loading may still be
+    receiving a file; such a load is never trusted for long.
+    """
+    if any(loaded_at_ns - mtime < settle_ns for _path, mtime in fingerprint):
+        return True
+    for path, mtime in fingerprint:
+        try:
+            if os.stat(path).st_mtime_ns != mtime:
+                return True
+        except OSError:
+            return True
+    return False
+
+
+def _script_root(config: Config) -> Path:
+    root = Path(config.get_main_option("script_location") or DEFAULT_SCRIPT_LOCATION)
+    if not root.is_absolute() and config.config_file_name:
+        candidate = Path(config.config_file_name).parent / root
+        if candidate.exists():
+            return candidate
+    return root
 
 
 def resolve_target(directory: ScriptDirectory, spec: str) -> Target:
