@@ -24,12 +24,14 @@ from schemad.errors import ConfigError
 PREFIX = "SCHEMAD_"
 SUPPORTED_BACKENDS = ("postgresql", "mysql", "mariadb", "sqlite")
 _SECRET_FIELDS = frozenset({"database_url"})
-_RELATIVE_TARGET = re.compile(r"(^|@)[+-]\d+$")
+_QUERY_PASSWORD_KEYS = ("passwd", "password")
+# Alembic reads any target ending in +N/-N as relative (ids cannot hold + or -).
+_RELATIVE_TARGET = re.compile(r"(^|@)\w*[+-]\d+$")
 # Kubernetes injects <SERVICE>_PORT, <SERVICE>_SERVICE_HOST, ... for a Service
 # named "schemad"; those are not typos of ours.
 _SERVICE_LINK = re.compile(r"^SCHEMAD_(PORT|SERVICE_)")
 
-Seconds = Annotated[float, Field(gt=0, le=86_400)]
+Seconds = Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
 
 
 class Settings(BaseSettings):
@@ -42,6 +44,7 @@ class Settings(BaseSettings):
         env_ignore_empty=True,
         frozen=True,
         validate_default=True,
+        use_attribute_docstrings=True,
     )
 
     database_url: SecretStr | None = None
@@ -78,7 +81,7 @@ class Settings(BaseSettings):
     """`schemad run`: seconds between passes (unless SCHEMAD_SCHEDULE is set)."""
     schedule: str | None = None
     """`schemad run`: a five-field cron expression, instead of the interval."""
-    jitter_seconds: float = Field(default=0.0, ge=0, le=3600)
+    jitter_seconds: float = Field(default=0.0, ge=0, le=3600, allow_inf_nan=False)
     """`schemad run`: random delay added to each pass, so replicas spread out."""
     backoff_max_seconds: Seconds = 300.0
     """`schemad run`: longest delay between retries after failed passes."""
@@ -97,7 +100,8 @@ class Settings(BaseSettings):
             raise ValueError("expected head, heads, base, a revision id or label@head")
         if _RELATIVE_TARGET.search(value):
             raise ValueError(
-                "relative targets (+N, -N) move on every pass; name a revision instead"
+                "relative targets (+N, -N, head-N, <id>+N) move with the database or the "
+                "history; name a revision instead"
             )
         return value
 
@@ -171,6 +175,7 @@ def parse_url(raw: str, variable: str = f"{PREFIX}DATABASE_URL") -> URL:
             "sqlite:////data/app.db",
             variable=variable,
         ) from exc
+    url = _password_out_of_query(url)
     backend = url.get_backend_name()
     masked = url.render_as_string(hide_password=True)
     if backend not in SUPPORTED_BACKENDS:
@@ -191,6 +196,18 @@ def parse_url(raw: str, variable: str = f"{PREFIX}DATABASE_URL") -> URL:
             variable=variable,
         )
     return url
+
+
+def _password_out_of_query(url: URL) -> URL:
+    # render_as_string(hide_password=True) masks only user:password@, so a
+    # ?password= would reach logs and output; the driver gives the query value
+    # precedence, so moving it keeps the connection the same.
+    keys = [key for key in _QUERY_PASSWORD_KEYS if key in url.query]
+    if not keys:
+        return url
+    value = url.query[keys[-1]]
+    password = value if isinstance(value, str) else value[-1]
+    return url.difference_update_query(keys).set(password=password)
 
 
 def _read_secret_file(path: Path) -> str:
