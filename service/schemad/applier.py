@@ -23,6 +23,7 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationStep
 from sqlalchemy.engine import Connection
 
+from schemad import logs
 from schemad.errors import ConfigError, MigrationFailedError, PlanRejectedError, SchemadError
 from schemad.model import AppliedStep, Plan, PlanKind
 from schemad.revisions import Scripts
@@ -87,6 +88,7 @@ def apply_plan(
     version_table_schema: str | None,
     on_step: StepCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    explain: Callable[[BaseException], str | None] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> Applied:
     """Apply ``plan`` on ``connection``, one committed revision at a time.
@@ -101,6 +103,8 @@ def apply_plan(
         on_step: called after each revision has committed.
         should_stop: asked before each revision; True ends the run early
             (a graceful shutdown), keeping what has committed.
+        explain: adds the database's reading of a failure (e.g. which
+            safety timeout fired) to the message.
         clock: a monotonic clock, for durations.
 
     Returns:
@@ -124,12 +128,12 @@ def apply_plan(
         version_table_schema=version_table_schema,
     )
     try:
-        with environment:
+        with environment, logs.preserved():
             scripts.directory.run_env()
     except SchemadError:
         raise
     except Exception as exc:  # a revision's own code may raise anything
-        raise _failure(run, exc) from exc
+        raise _failure(run, exc, explain(exc) if explain else None) from exc
     finally:
         config.attributes.pop("connection", None)
         if connection.in_transaction():
@@ -174,7 +178,7 @@ def render_sql(
         version_table_schema=version_table_schema,
     )
     try:
-        with environment:
+        with environment, logs.preserved():
             scripts.directory.run_env()
     except SchemadError:
         raise
@@ -244,21 +248,23 @@ def _environment(
     return environment
 
 
-def _failure(run: _Run, exc: BaseException) -> MigrationFailedError:
+def _failure(run: _Run, exc: BaseException, explanation: str | None) -> MigrationFailedError:
     step = run.current
-    detail = str(exc).strip().splitlines()
-    summary = f"{type(exc).__name__}: {detail[0] if detail else ''}".rstrip(": ")
+    orig = getattr(exc, "orig", None) or exc
+    detail = str(orig).strip().splitlines()
+    summary = f"{type(orig).__name__}: {detail[0] if detail else ''}".rstrip(": ")
+    advice = explanation or "fix the revision and run again"
     if step is None:
         return MigrationFailedError(
-            f"the migration environment (env.py) failed before any revision ran: {summary}",
+            f"the migration environment (env.py) failed before any revision ran: "
+            f"{summary}; {advice}",
             revision=None,
         )
     revision = _revision_of(step)
     done = len(run.applied)
     return MigrationFailedError(
-        f"revision {revision} ({_message_of(step)}) failed: {summary}; "
-        f"{done} earlier revision(s) of this pass stay applied. Fix the revision "
-        "and run again",
+        f"revision {revision} ({_message_of(step)}) failed: {summary}; {advice}. "
+        f"{done} earlier revision(s) of this pass stay applied",
         revision=revision,
     )
 

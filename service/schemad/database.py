@@ -90,8 +90,8 @@ class Database:
             conn = self.engine.connect()
         except SQLAlchemyError as exc:
             raise DatabaseUnavailableError(
-                f"cannot connect to {self.masked_url}: {self._describe(exc)}; check "
-                "that the server is up and the host, port, user and password are right"
+                f"cannot connect to {self.masked_url}: {self._describe(exc)}; "
+                f"{self._connect_advice()}"
             ) from exc
         try:
             yield conn
@@ -134,6 +134,51 @@ class Database:
             return self.engine.connect()
         except SQLAlchemyError as exc:
             raise self._unavailable(exc) from exc
+
+    def apply_session_timeouts(
+        self,
+        conn: Connection,
+        *,
+        lock_timeout_seconds: float | None,
+        statement_timeout_seconds: float | None,
+    ) -> list[str]:
+        """Set DDL safety timeouts on the migration session, then end the
+        transaction that setting them began (Alembic must start clean).
+
+        Returns:
+            Timeouts this database cannot apply, for a warning.
+
+        Raises:
+            DatabaseUnavailableError: the settings could not be sent.
+        """
+        statements, unsupported = _timeout_statements(
+            self.backend,
+            bool(getattr(conn.dialect, "is_mariadb", False)),
+            lock_timeout_seconds,
+            statement_timeout_seconds,
+        )
+        try:
+            for sql, params in statements:
+                conn.execute(sa.text(sql), params)
+            conn.commit()
+        except SQLAlchemyError as exc:
+            raise self._unavailable(exc) from exc
+        return unsupported
+
+    @staticmethod
+    def explain_timeout(exc: BaseException) -> str | None:
+        """Name the DDL safety timeout behind a failure, if one caused it."""
+        orig = getattr(exc, "orig", None)
+        sqlstate = getattr(orig, "sqlstate", None)
+        errno = orig.args[0] if orig is not None and orig.args else None
+        if sqlstate == "55P03" or errno == 1205:
+            return (
+                "the table lock was not granted within SCHEMAD_DDL_LOCK_TIMEOUT_SECONDS "
+                "(another transaction holds it); the next pass retries"
+            )
+        if sqlstate == "57014" or errno in (1969, 3024):
+            return "a statement ran past SCHEMAD_STATEMENT_TIMEOUT_SECONDS"
+        return None
 
     @contextmanager
     def lock(self, wait_seconds: float, on_wait: WaitCallback | None = None) -> Iterator[float]:
@@ -202,6 +247,14 @@ class Database:
             database = str(Path(database).resolve())
         return f"schemad:{database}:{self._table_name()}"
 
+    def _connect_advice(self) -> str:
+        if self.backend == "sqlite":
+            return (
+                "check that the file's directory exists and that schemad may write "
+                "there (SQLite creates the file and a lock file beside it)"
+            )
+        return "check that the server is up and the host, port, user and password are right"
+
     def _table_name(self) -> str:
         if self.version_table_schema:
             return f"{self.version_table_schema}.{self.version_table}"
@@ -255,6 +308,49 @@ def _create_engine(url: URL, connect_timeout_seconds: float) -> Engine:
     if backend == "sqlite":
         _make_sqlite_ddl_transactional(engine)
     return engine
+
+
+def _timeout_statements(
+    backend: str, mariadb: bool, lock_seconds: float | None, statement_seconds: float | None
+) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    statements: list[tuple[str, dict[str, Any]]] = []
+    unsupported: list[str] = []
+    if backend == "postgresql":
+        for name, seconds in (
+            ("lock_timeout", lock_seconds),
+            ("statement_timeout", statement_seconds),
+        ):
+            if seconds is not None:
+                statements.append(
+                    (
+                        "SELECT set_config(:name, :value, false)",
+                        {"name": name, "value": f"{max(1, round(seconds * 1000))}ms"},
+                    )
+                )
+    elif backend in ("mysql", "mariadb"):
+        if lock_seconds is not None:
+            statements.append(
+                (
+                    "SET SESSION lock_wait_timeout = :value",
+                    {"value": max(1, math.ceil(lock_seconds))},
+                )
+            )
+        if statement_seconds is not None and mariadb:
+            statements.append(
+                ("SET SESSION max_statement_time = :value", {"value": statement_seconds})
+            )
+        elif statement_seconds is not None:
+            unsupported.append("SCHEMAD_STATEMENT_TIMEOUT_SECONDS (MySQL limits only SELECTs)")
+    else:
+        unsupported.extend(
+            name
+            for name, seconds in (
+                ("SCHEMAD_DDL_LOCK_TIMEOUT_SECONDS", lock_seconds),
+                ("SCHEMAD_STATEMENT_TIMEOUT_SECONDS", statement_seconds),
+            )
+            if seconds is not None
+        )
+    return statements, unsupported
 
 
 def _make_sqlite_ddl_transactional(engine: Engine) -> None:

@@ -128,8 +128,7 @@ class Reconciler:
             current.fingerprint, loaded_at_ns=current.loaded_at_ns, settle_ns=_SETTLE_NS
         ):
             return current
-        with logs.preserved():
-            loaded = load_scripts(self.config)
+        loaded = load_scripts(self.config)
         if current is not None:
             self._log.info(
                 "scripts_reloaded",
@@ -200,6 +199,13 @@ class Reconciler:
             return _OUTCOME_OF_PLAN[inspection.plan.kind]
         connection = self.database.migration_connection()
         try:
+            unsupported = self.database.apply_session_timeouts(
+                connection,
+                lock_timeout_seconds=self.settings.ddl_lock_timeout_seconds,
+                statement_timeout_seconds=self.settings.statement_timeout_seconds,
+            )
+            for setting in unsupported:
+                self._log.warning("timeout_unsupported", setting=setting)
             applied = apply_plan(
                 self.scripts(),
                 connection,
@@ -209,6 +215,7 @@ class Reconciler:
                 version_table_schema=self.settings.version_table_schema,
                 on_step=self._step_done(progress),
                 should_stop=self._should_stop,
+                explain=self.database.explain_timeout,
                 clock=self._clock,
             )
         except MigrationFailedError:

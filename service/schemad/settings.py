@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     """How long to wait for another instance's migration lock."""
     connect_timeout_seconds: Seconds = 10.0
     """Bound on opening one database connection."""
+    ddl_lock_timeout_seconds: Seconds | None = None
+    """Migration session: give up on a table lock after this long (off by default)."""
+    statement_timeout_seconds: Seconds | None = None
+    """Migration session: cancel one statement after this long (off by default)."""
     wait_timeout_seconds: Seconds = 300.0
     """How long `schemad wait` waits for the target."""
     wait_interval_seconds: Seconds = 2.0
