@@ -52,6 +52,7 @@ class _Run:
         self.clock = clock
         self.should_stop = should_stop
         self.stopped = False
+        self.current_started = 0.0
         self.current: MigrationStep | None = None
         self.applied: list[AppliedStep] = []
 
@@ -64,7 +65,7 @@ class _Run:
                 self.stopped = True
                 return
             self.current = step
-            started = self.clock()
+            started = self.current_started = self.clock()
             yield step
             done = AppliedStep(
                 revision=_revision_of(step),
@@ -253,19 +254,26 @@ def _failure(run: _Run, exc: BaseException, explanation: str | None) -> Migratio
     orig = getattr(exc, "orig", None) or exc
     detail = str(orig).strip().splitlines()
     summary = f"{type(orig).__name__}: {detail[0] if detail else ''}".rstrip(": ")
-    advice = explanation or "fix the revision and run again"
     if step is None:
+        when = (
+            f"after {len(run.applied)} revision(s) of this pass were applied (they stay applied)"
+            if run.applied
+            else "before any revision ran"
+        )
         return MigrationFailedError(
-            f"the migration environment (env.py) failed before any revision ran: "
-            f"{summary}; {advice}",
+            f"the migration environment (env.py) failed {when}: {summary}; "
+            f"{explanation or 'fix env.py and run again'}",
             revision=None,
         )
+    advice = explanation or "fix the revision and run again"
     revision = _revision_of(step)
     done = len(run.applied)
     return MigrationFailedError(
         f"revision {revision} ({_message_of(step)}) failed: {summary}; {advice}. "
         f"{done} earlier revision(s) of this pass stay applied",
         revision=revision,
+        direction="upgrade" if step.is_upgrade else "downgrade",
+        duration_seconds=run.clock() - run.current_started,
     )
 
 

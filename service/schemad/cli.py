@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TextIO
 from urllib.parse import quote, quote_plus
 
@@ -21,6 +22,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from schemad import __version__, logs
 from schemad.applier import render_sql
+from schemad.audit import audit_document
 from schemad.database import Database
 from schemad.errors import (
     ConfigError,
@@ -29,13 +31,14 @@ from schemad.errors import (
     SchemadError,
     WaitTimeoutError,
 )
+from schemad.history import History
 from schemad.metrics import Metrics
 from schemad.model import LockHolder, Plan, PlanKind, RefusalReason
 from schemad.reconciler import Inspection, Reconciler
 from schemad.revisions import make_config
 from schemad.scheduler import Daemon
 from schemad.server import HttpServer
-from schemad.settings import Settings, load_settings, unknown_variables
+from schemad.settings import Settings, load_identity, load_settings, unknown_variables
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -82,7 +85,18 @@ class App:
             alembic_config=settings.alembic_config,
             script_location=settings.script_location,
         )
-        return cls(settings, database, Reconciler(settings, database, config), out)
+        history = (
+            History(
+                database,
+                table=settings.history_table,
+                schema=settings.version_table_schema,
+                identity=load_identity(),
+            )
+            if settings.history_enabled
+            else None
+        )
+        reconciler = Reconciler(settings, database, config, history=history)
+        return cls(settings, database, reconciler, out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
     output = plan.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON")
     output.add_argument("--sql", action="store_true", help="print the SQL (offline mode)")
+    history = commands.add_parser(
+        "history",
+        help="schemad's audit history of applied, reverted, failed and adopted revisions",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    history.add_argument("--json", action="store_true", help="print JSON")
+    history.add_argument("--revision", help="only this revision")
+    history.add_argument(
+        "--since", type=_timestamp, help="only rows finished at or after this ISO 8601 time"
+    )
+    history.add_argument("--limit", type=_positive, default=50, help="at most N rows (50)")
     commands.add_parser(
         "run",
         help="daemon: reconcile on a schedule, serve /metrics /healthz /readyz /status",
@@ -269,7 +295,58 @@ def cmd_health(settings: Settings) -> int:
         return EXIT_INTERNAL
 
 
+def cmd_history(app: App, args: argparse.Namespace) -> int:
+    history = app.reconciler.history
+    if history is None:
+        raise ConfigError(
+            "the history is turned off (SCHEMAD_HISTORY_ENABLED=false); turn it on to "
+            "record and show applied revisions",
+            variable="SCHEMAD_HISTORY_ENABLED",
+        )
+    rows = history.rows(revision=args.revision, since=args.since, limit=args.limit)
+    if args.json:
+        app.out.write(json.dumps([row.as_dict() for row in rows], indent=2) + "\n")
+        return EXIT_OK
+    if not rows:
+        app.out.write(f"no history in {history.name}\n")
+        return EXIT_OK
+    for row in rows:
+        when = row.finished_at.isoformat(timespec="seconds") if row.finished_at else "-"
+        took = f"{row.duration_seconds:.3f}s" if row.duration_seconds is not None else "-"
+        who = row.pod_name or row.hostname or "-"
+        image = f" {row.image}" if row.image else ""
+        line = (
+            f"{when}  {row.direction:<9} {row.outcome:<8} {row.revision:<14} {took:>9}  "
+            f"{who}{image}"
+        )
+        if row.error:
+            line += f"\n    error: {row.error}"
+        app.out.write(line + "\n")
+    return EXIT_OK
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 time such as 2026-11-24T09:00:00Z, got {text!r}"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 COMMANDS: dict[str, Callable[[App, argparse.Namespace], int]] = {
+    "history": cmd_history,
     "run": cmd_run,
     "upgrade": cmd_upgrade,
     "status": cmd_status,
@@ -320,6 +397,7 @@ def _status_document(app: App, inspection: Inspection, holder: LockHolder | None
             "holder": holder.description if holder else None,
             "held_seconds": holder.held_seconds if holder else None,
         },
+        **audit_document(inspection.tampered, inspection.newer),
     }
 
 
@@ -340,6 +418,12 @@ def _print_status(app: App, inspection: Inspection, holder: LockHolder | None) -
     else:
         held = f" for {holder.held_seconds:.0f}s" if holder.held_seconds is not None else ""
         lines.append(f"lock:     held by {holder.description}{held}")
+    for item in inspection.tampered:
+        lines.append(
+            f"tampered: {item.revision} was applied with checksum "
+            f"{item.recorded_checksum[:12]}, its file now has "
+            f"{(item.current_checksum or 'none')[:12]}"
+        )
     app.out.write("\n".join(lines) + "\n")
 
 

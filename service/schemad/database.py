@@ -109,20 +109,29 @@ class Database:
         """
         with self.connect() as conn:
             try:
-                rows = conn.execute(sa.select(self._version.c.version_num)).scalars().all()
-                conn.rollback()
-                return DbState(tuple(sorted(str(row) for row in rows)))
+                return self._select_heads(conn)
             except DBAPIError as exc:
                 conn.rollback()
-                if exc.connection_invalidated or not self._has_version_table(conn):
-                    if exc.connection_invalidated:
-                        raise self._unavailable(exc) from exc
+                if exc.connection_invalidated:
+                    raise self._unavailable(exc) from exc
+                exists = self._has_version_table(conn)
+                if exists is False:
                     return DbState(())
+                if exists:
+                    # Another instance may have created the table since our SELECT.
+                    with suppress(DBAPIError):
+                        return self._select_heads(conn)
+                    conn.rollback()
                 raise DatabaseUnavailableError(
                     f"cannot read the version table {self._table_name()} on "
-                    f"{self.masked_url}: {self._describe(exc)}; check that the user "
-                    "may read it"
+                    f"{self.masked_url}: {self._describe(exc)}; check that the URL names "
+                    "the right database and that the user may read the table"
                 ) from exc
+
+    def _select_heads(self, conn: Connection) -> DbState:
+        rows = conn.execute(sa.select(self._version.c.version_num)).scalars().all()
+        conn.rollback()
+        return DbState(tuple(sorted(str(row) for row in rows)))
 
     def migration_connection(self) -> Connection:
         """A fresh connection for Alembic, with no transaction begun on it.
@@ -260,9 +269,13 @@ class Database:
             return f"{self.version_table_schema}.{self.version_table}"
         return self.version_table
 
-    def _has_version_table(self, conn: Connection) -> bool:
+    def _has_version_table(self, conn: Connection) -> bool | None:
+        """Whether the version table exists; None when even that cannot be read
+        (e.g. a file that is not a SQLite database)."""
         try:
             found = sa.inspect(conn).has_table(self.version_table, schema=self.version_table_schema)
+        except DBAPIError:
+            return None
         finally:
             conn.rollback()
         return bool(found)

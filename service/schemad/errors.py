@@ -83,6 +83,15 @@ class MigrationFailedError(SchemadError):
 
     exit_code = 70
 
-    def __init__(self, message: str, *, revision: str | None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        revision: str | None,
+        direction: str | None = None,
+        duration_seconds: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.revision = revision
+        self.direction = direction
+        self.duration_seconds = duration_seconds

@@ -100,6 +100,16 @@ class Metrics:
             "Configured seconds between passes (for alerts on missed passes).",
             registry=registry,
         )
+        self.tampered = Gauge(
+            "schemad_tampered_revisions",
+            "Applied revisions whose file no longer matches the recorded checksum.",
+            registry=registry,
+        )
+        self.history_write_failures = Counter(
+            "schemad_history_write_failures",
+            "History rows that could not be written (the migrations still stand).",
+            registry=registry,
+        )
         self.build_info.labels(__version__).set(1)
         for outcome in Outcome:
             self.reconciles.labels(outcome.value)
@@ -119,11 +129,15 @@ class Metrics:
         for step in result.applied:
             self.revisions_applied.labels(step.direction).inc()
             self.revision_duration.labels(step.direction).observe(step.duration_seconds)
+        # Like /readyz: a pass that could not tell is not at the target.
+        self.at_target.set(1 if result.at_target else 0)
+        self.history_write_failures.inc(result.history_write_failures)
         if result.outcome is Outcome.UNAVAILABLE or result.plan is None:
             return
+        self.tampered.set(len(result.tampered))
         plan = result.plan
-        self.at_target.set(1 if result.at_target else 0)
-        self.pending.set(0 if result.at_target else len(plan.steps))
+        left = max(len(plan.steps) - len(result.applied), 0)
+        self.pending.set(0 if result.at_target else left)
         if result.at_target:
             self.last_success.set(finished_at)
         _set_info(self.current_revision, result.heads_after)

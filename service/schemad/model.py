@@ -57,6 +57,7 @@ class Policy:
 
     allow_downgrade: bool = False
     ignore_unknown_revisions: bool = False
+    block_on_tamper: bool = False
 
 
 class PlanKind(enum.StrEnum):
@@ -78,6 +79,7 @@ class RefusalReason(enum.StrEnum):
     DOWNGRADE_NOT_ALLOWED = "downgrade_not_allowed"
     DIVERGED = "diverged"
     INCONSISTENT_VERSION_TABLE = "inconsistent_version_table"
+    TAMPERED = "tampered"
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,25 @@ class AppliedStep:
 
 
 @dataclass(frozen=True)
+class Tampered:
+    """An applied revision whose file no longer matches what was applied."""
+
+    revision: str
+    recorded_checksum: str
+    current_checksum: str | None
+
+
+@dataclass(frozen=True)
+class NewerRevision:
+    """A revision the database has and this image lacks, as history tells."""
+
+    revision: str
+    applied_at: str | None
+    applied_by: str | None
+    image: str | None
+
+
+@dataclass(frozen=True)
 class LockHolder:
     """Who holds the migration lock, as far as the database can tell."""
 
@@ -155,6 +176,9 @@ class Result:
     lock_holder: LockHolder | None = None
     error: str | None = None
     exit_code: int = 0
+    tampered: tuple[Tampered, ...] = ()
+    newer: tuple[NewerRevision, ...] = ()
+    history_write_failures: int = 0
 
     @property
     def at_target(self) -> bool:

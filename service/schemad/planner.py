@@ -6,7 +6,7 @@ refusing lives here, so it can be tested exhaustively without a database.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from schemad.model import (
     DbState,
@@ -20,14 +20,21 @@ from schemad.model import (
 )
 
 
-def make_plan(graph: Graph, state: DbState, target: Target, policy: Policy) -> Plan:
+def make_plan(
+    graph: Graph,
+    state: DbState,
+    target: Target,
+    policy: Policy,
+    tampered: Collection[str] = (),
+) -> Plan:
     """Decide what moves the database from ``state`` to ``target``.
 
     Args:
         graph: every revision the migration scripts contain.
         state: the head revision(s) recorded in the database's version table.
         target: the configured target, resolved against ``graph``.
-        policy: whether downgrades and unknown revisions are acceptable.
+        policy: whether downgrades, unknown and tampered revisions are acceptable.
+        tampered: applied revisions whose files changed since they were applied.
 
     Returns:
         A plan: in sync, upgrade or downgrade through ordered steps, ahead
@@ -55,10 +62,14 @@ def make_plan(graph: Graph, state: DbState, target: Target, policy: Policy) -> P
     have = ancestors(graph, current)
     want = ancestors(graph, wanted)
     if have <= want:
-        return _upgrade(graph, current, wanted, want - have)
-    if want <= have:
-        return _downgrade(graph, current, wanted, have - want, policy)
-    return _diverged(current, wanted, target)
+        plan = _upgrade(graph, current, wanted, want - have)
+    elif want <= have:
+        plan = _downgrade(graph, current, wanted, have - want, policy)
+    else:
+        return _diverged(current, wanted, target)
+    if tampered and policy.block_on_tamper and plan.has_work:
+        return _tampered(plan, tampered)
+    return plan
 
 
 def ancestors(graph: Graph, revisions: Iterable[str]) -> frozenset[str]:
@@ -209,6 +220,22 @@ def _diverged(current: tuple[str, ...], wanted: tuple[str, ...], target: Target)
             f"target '{target.spec}' ({_fmt(wanted)}); set SCHEMAD_TARGET_REVISION "
             "to 'heads' or to a revision that descends from the database's"
         ),
+    )
+
+
+def _tampered(plan: Plan, tampered: Collection[str]) -> Plan:
+    return Plan(
+        PlanKind.REFUSED,
+        plan.current,
+        plan.target,
+        plan.steps,
+        reason=RefusalReason.TAMPERED,
+        message=(
+            f"revision file(s) {', '.join(sorted(tampered))} changed after they were "
+            "applied (checksums differ from the history); restore them as they were "
+            "applied, or set SCHEMAD_ON_TAMPER=warn to migrate anyway"
+        ),
+        schema_ready=plan.schema_ready,
     )
 
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import Any
 
 import structlog
 from alembic.config import Config
+from sqlalchemy.exc import SQLAlchemyError
 
 from schemad import logs
 from schemad.applier import apply_plan
+from schemad.audit import explain_newer, find_tampered, newer_revisions, to_adopt
 from schemad.database import Database
 from schemad.errors import (
     ConfigError,
@@ -28,18 +31,22 @@ from schemad.errors import (
     SchemadError,
     ScriptError,
 )
+from schemad.history import History, now
 from schemad.model import (
     AppliedStep,
     DbState,
     LockHolder,
+    NewerRevision,
     Outcome,
     Plan,
     PlanKind,
     Policy,
+    RefusalReason,
     Result,
+    Tampered,
     Target,
 )
-from schemad.planner import make_plan
+from schemad.planner import ancestors, make_plan
 from schemad.revisions import Scripts, fingerprint_changed, load_scripts
 from schemad.settings import Settings
 
@@ -66,6 +73,8 @@ class Inspection:
     state: DbState
     target: Target
     plan: Plan
+    tampered: tuple[Tampered, ...] = ()
+    newer: tuple[NewerRevision, ...] = ()
 
 
 @dataclass
@@ -78,6 +87,10 @@ class _Pass:
     applied: list[AppliedStep] = field(default_factory=list)
     lock_wait_seconds: float = 0.0
     lock_holder: LockHolder | None = None
+    tampered: tuple[Tampered, ...] = ()
+    newer: tuple[NewerRevision, ...] = ()
+    history_write_failures: int = 0
+    run_id: str = ""
 
 
 class Reconciler:
@@ -89,16 +102,20 @@ class Reconciler:
         database: Database,
         config: Config,
         *,
+        history: History | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.database = database
         self.config = config
+        self.history = history
         self.policy = Policy(
             allow_downgrade=settings.allow_downgrade,
             ignore_unknown_revisions=settings.on_unknown_revision == "ignore",
+            block_on_tamper=settings.on_tamper == "block",
         )
+        self._audit_cache: tuple[object, tuple[Tampered, ...]] | None = None
         self._clock = clock
         self._wall_clock = wall_clock
         self._should_stop: Callable[[], bool] | None = None
@@ -138,8 +155,12 @@ class Reconciler:
         self._scripts = loaded
         return loaded
 
-    def inspect(self) -> Inspection:
-        """Read the version table and plan, without taking the lock.
+    def inspect(self, *, adopt: bool = False) -> Inspection:
+        """Read the version table (and history) and plan, without the lock.
+
+        Args:
+            adopt: record checksums of applied revisions the history has not
+                seen yet (a pass does; read-only commands do not).
 
         Raises:
             ScriptError, DatabaseUnavailableError: as their names say.
@@ -147,7 +168,82 @@ class Reconciler:
         scripts = self.scripts()
         target = scripts.resolve(self.settings.target_revision)
         state = self.database.read_state()
-        return Inspection(state, target, make_plan(scripts.graph, state, target, self.policy))
+        tampered = self._tampered(scripts, state, adopt=adopt)
+        plan = make_plan(
+            scripts.graph,
+            state,
+            target,
+            self.policy,
+            tampered=[t.revision for t in tampered],
+        )
+        newer: tuple[NewerRevision, ...] = ()
+        if plan.reason is RefusalReason.UNKNOWN_REVISION or plan.kind is PlanKind.AHEAD:
+            newer, hint = self._newer(scripts, state)
+            if hint:
+                plan = replace(plan, message=f"{plan.message}. {hint}")
+        return Inspection(state, target, plan, tampered, newer)
+
+    def _tampered(self, scripts: Scripts, state: DbState, *, adopt: bool) -> tuple[Tampered, ...]:
+        if self.history is None:
+            return ()
+        key = (scripts.loaded_at_ns, state.heads, adopt)
+        if self._audit_cache is not None and self._audit_cache[0] == key:
+            return self._audit_cache[1]
+        try:
+            recorded, _applied = self.history.summary()
+        except DatabaseUnavailableError as exc:
+            self._log.warning("history_unreadable", error=exc.message)
+            return ()
+        graph = scripts.graph
+        applied = ancestors(graph, [h for h in state.heads if h in graph.revisions])
+        tampered = find_tampered(applied, recorded, scripts.checksums)
+        for item in tampered:
+            self._log.warning(
+                "revision_tampered",
+                revision=item.revision,
+                recorded_checksum=item.recorded_checksum,
+                current_checksum=item.current_checksum,
+                blocks_upgrades=self.policy.block_on_tamper,
+            )
+        adoptable = to_adopt(applied, recorded, scripts.checksums) if adopt else ()
+        if adoptable and self._write_history([self._adopted_row(scripts, r) for r in adoptable]):
+            self._log.info("revisions_adopted", revisions=list(adoptable))
+        self._audit_cache = (key, tampered)
+        return tampered
+
+    def _newer(self, scripts: Scripts, state: DbState) -> tuple[tuple[NewerRevision, ...], str]:
+        if self.history is None:
+            return (), ""
+        try:
+            _recorded, applied = self.history.summary()
+        except DatabaseUnavailableError:
+            return (), ""
+        newer, landed = newer_revisions(state.heads, scripts.graph.revisions, applied)
+        return newer, explain_newer(newer, landed)
+
+    def _adopted_row(self, scripts: Scripts, revision: str) -> dict[str, Any]:
+        return {
+            "revision": revision,
+            "parents": scripts.graph.revisions[revision].parents,
+            "direction": "upgrade",
+            "outcome": "adopted",
+            "finished_at": now(),
+            "checksum": scripts.checksums.get(revision),
+        }
+
+    def _write_history(self, rows: list[dict[str, Any]], progress: _Pass | None = None) -> bool:
+        if self.history is None:
+            return True
+        run_id = structlog.contextvars.get_contextvars().get("run_id")
+        try:
+            self.history.write([{**row, "run_id": run_id} for row in rows])
+        except (SQLAlchemyError, SchemadError) as exc:
+            message = exc.message if isinstance(exc, SchemadError) else str(exc)
+            self._log.error("history_write_failed", error=self.database.redact(message))
+            if progress is not None:
+                progress.history_write_failures += 1
+            return False
+        return True
 
     def reconcile_once(self) -> Result:
         """Run one pass and report it; never raises but for a ConfigError.
@@ -173,7 +269,8 @@ class Reconciler:
         return result
 
     def _run(self, progress: _Pass) -> Outcome:
-        inspection = self.inspect()
+        inspection = self.inspect(adopt=True)
+        progress.tampered, progress.newer = inspection.tampered, inspection.newer
         progress.plan = inspection.plan
         progress.heads_before = progress.heads_after = inspection.state.heads
         if not inspection.plan.has_work:
@@ -192,7 +289,8 @@ class Reconciler:
 
     def _apply_under_lock(self, progress: _Pass) -> Outcome:
         # Someone may have migrated while we waited: plan again.
-        inspection = self.inspect()
+        inspection = self.inspect(adopt=True)
+        progress.tampered, progress.newer = inspection.tampered, inspection.newer
         progress.plan = inspection.plan
         progress.heads_before = progress.heads_after = inspection.state.heads
         if not inspection.plan.has_work:
@@ -218,8 +316,10 @@ class Reconciler:
                 explain=self.database.explain_timeout,
                 clock=self._clock,
             )
-        except MigrationFailedError:
+        except MigrationFailedError as exc:
             progress.heads_after = self._heads_or_unknown()
+            if exc.revision is not None:
+                self._record_failure(exc, progress)
             raise
         finally:
             connection.close()
@@ -251,9 +351,49 @@ class Reconciler:
         except SchemadError:
             return ()
 
+    def _record_failure(self, exc: MigrationFailedError, progress: _Pass) -> None:
+        scripts = self.scripts()
+        known = scripts.graph.revisions.get(exc.revision or "")
+        finished = now()
+        duration = exc.duration_seconds
+        self._write_history(
+            [
+                {
+                    "revision": exc.revision,
+                    "parents": known.parents if known else (),
+                    "direction": exc.direction or "upgrade",
+                    "outcome": "failed",
+                    "started_at": finished - timedelta(seconds=duration or 0),
+                    "finished_at": finished,
+                    "duration_seconds": duration,
+                    "error": exc.message,
+                    "checksum": scripts.checksums.get(exc.revision or ""),
+                }
+            ],
+            progress,
+        )
+
     def _step_done(self, progress: _Pass) -> Callable[[AppliedStep], None]:
         def record(step: AppliedStep) -> None:
             progress.applied.append(step)
+            scripts = self.scripts()
+            known = scripts.graph.revisions.get(step.revision)
+            finished = now()
+            self._write_history(
+                [
+                    {
+                        "revision": step.revision,
+                        "parents": known.parents if known else (),
+                        "direction": step.direction,
+                        "outcome": "applied",
+                        "started_at": finished - timedelta(seconds=step.duration_seconds),
+                        "finished_at": finished,
+                        "duration_seconds": step.duration_seconds,
+                        "checksum": scripts.checksums.get(step.revision),
+                    }
+                ],
+                progress,
+            )
             self._log.info(
                 "migration_applied",
                 revision=step.revision,
@@ -307,6 +447,9 @@ class Reconciler:
             lock_holder=progress.lock_holder,
             error=self.database.redact(message) if (error or outcome is Outcome.REFUSED) else None,
             exit_code=exit_code,
+            tampered=progress.tampered,
+            newer=progress.newer,
+            history_write_failures=progress.history_write_failures,
         )
 
     def _log_finished(self, result: Result) -> None:

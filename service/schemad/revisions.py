@@ -7,9 +7,11 @@ spec with Alembic's own rules (partial ids, ``label@head``, ``heads``).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from alembic.script import ScriptDirectory
 from alembic.script.revision import MultipleHeads, RangeNotAncestorError, ResolutionError
 from alembic.script.revision import Revision as AlembicRevision
 from alembic.util import CommandError
+from alembic.util.pyfiles import pyc_file_from_path
 from sqlalchemy.engine import URL
 
 from schemad.errors import ConfigError, ScriptError
@@ -35,6 +38,8 @@ class Scripts:
     graph: Graph
     fingerprint: tuple[tuple[str, int], ...]
     loaded_at_ns: int
+    checksums: Mapping[str, str | None]
+    """Each revision file's checksum (see :func:`file_checksum`)."""
 
     def resolve(self, spec: str) -> Target:
         """Resolve a target spec (``head``, an id, ``label@head``) to revision ids."""
@@ -80,20 +85,36 @@ def load_scripts(config: Config) -> Scripts:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             directory = ScriptDirectory.from_config(config)
-            graph = _graph(directory)
+            _require_env_py(directory)
+            graph, checksums = _graph(directory)
     except ScriptError:
         raise
     except CommandError as exc:
         raise ScriptError(_script_problem(config, exc)) from exc
     except Warning as exc:
-        raise ScriptError(f"the migration scripts are inconsistent: {exc}") from exc
+        raise ScriptError(
+            f"the migration scripts are inconsistent: {exc}; fix the revision files "
+            "(`alembic history` shows the same problem)"
+        ) from exc
     except Exception as exc:  # a revision file that does not import: any error
         raise ScriptError(
             f"cannot load the migration scripts in {_location(config)}: "
             f"{type(exc).__name__}: {_first_line(exc)}; fix the revision file "
             "(try `alembic history` to see the same error)"
         ) from exc
-    return Scripts(config, directory, graph, fingerprint, loaded_at_ns)
+    return Scripts(config, directory, graph, fingerprint, loaded_at_ns, checksums)
+
+
+def _require_env_py(directory: ScriptDirectory) -> None:
+    # Alembic only looks for env.py when a command runs it; without this check
+    # `status` and `plan` would look fine and `upgrade` fail under the lock.
+    path = directory.env_py_location
+    if not os.path.exists(path) and pyc_file_from_path(path) is None:
+        raise ScriptError(
+            f"the migrations directory {directory.dir} has no env.py; copy the project's "
+            "env.py there (or schemad's migrations/env.py), or point "
+            "SCHEMAD_SCRIPT_LOCATION at the directory that has it"
+        )
 
 
 def scripts_fingerprint(config: Config) -> tuple[tuple[str, int], ...]:
@@ -155,8 +176,20 @@ def resolve_target(directory: ScriptDirectory, spec: str) -> Target:
     return Target(spec, revisions)
 
 
-def _graph(directory: ScriptDirectory) -> Graph:
+def file_checksum(path: str | Path) -> str | None:
+    """SHA-256 of a revision file, blind to line endings and trailing blanks."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError:
+        return None
+    lines = raw.decode("utf-8", errors="replace").splitlines()
+    normalised = "\n".join(line.rstrip() for line in lines).rstrip("\n") + "\n"
+    return hashlib.sha256(normalised.encode()).hexdigest()
+
+
+def _graph(directory: ScriptDirectory) -> tuple[Graph, dict[str, str | None]]:
     newest_first = list(directory.walk_revisions("base", "heads"))
+    checksums = {script.revision: file_checksum(script.path) for script in newest_first}
     revisions = {
         script.revision: Revision(
             script.revision,
@@ -166,7 +199,7 @@ def _graph(directory: ScriptDirectory) -> Graph:
         for script in newest_first
     }
     order = tuple(script.revision for script in reversed(newest_first))
-    return Graph(revisions, order, tuple(sorted(directory.get_heads())))
+    return Graph(revisions, order, tuple(sorted(directory.get_heads()))), checksums
 
 
 def _script_problem(config: Config, exc: CommandError) -> str:
@@ -177,7 +210,15 @@ def _script_problem(config: Config, exc: CommandError) -> str:
             "SCHEMAD_SCRIPT_LOCATION to the directory holding env.py and versions/ "
             "(or SCHEMAD_ALEMBIC_CONFIG to the project's alembic.ini)"
         )
-    return f"cannot load the migration scripts in {_location(config)}: {text}"
+    if "script_location" in text:
+        return (
+            f"{config.config_file_name} has no script_location in its [alembic] section; "
+            "add it, or set SCHEMAD_SCRIPT_LOCATION to the migrations directory"
+        )
+    return (
+        f"cannot load the migration scripts in {_location(config)}: {text}; fix the "
+        "revision files (`alembic history` shows the same error)"
+    )
 
 
 def _location(config: Config) -> str:

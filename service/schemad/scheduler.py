@@ -26,6 +26,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from schemad import logs
+from schemad.audit import audit_document
 from schemad.errors import ConfigError
 from schemad.metrics import Metrics
 from schemad.model import LockHolder, Outcome, Result
@@ -163,9 +164,17 @@ class Daemon:
 
     def run_pass(self) -> Result | None:
         """Run one reconcile pass (from the scheduler's single worker)."""
-        if self._stop.is_set():
-            return None
+        # Busy before looking at the stop flag, and until the pass is recorded:
+        # a stop then never misses a pass starting, nor exits before its result.
         self._idle.clear()
+        try:
+            if self._stop.is_set():
+                return None
+            return self._run_and_record()
+        finally:
+            self._idle.set()
+
+    def _run_and_record(self) -> Result | None:
         with self._lock:
             self._pass_started_at = self._wall_clock()
         try:
@@ -179,7 +188,6 @@ class Daemon:
             with self._lock:
                 self._pass_started_at = None
                 self._waiting_for = None
-            self._idle.set()
         self._record(result)
         return result
 
@@ -264,6 +272,7 @@ class Daemon:
 def result_document(result: Result) -> dict[str, Any]:
     """A pass as JSON-able data (no secrets: messages are already redacted)."""
     plan = result.plan
+    done = {step.revision for step in result.applied}
     return {
         "run_id": result.run_id,
         "outcome": result.outcome.value,
@@ -273,7 +282,9 @@ def result_document(result: Result) -> dict[str, Any]:
         "current": list(result.heads_after),
         "previous": list(result.heads_before),
         "target": list(plan.target) if plan else [],
-        "pending": [s.revision for s in plan.steps] if plan and not result.ready else [],
+        "pending": [s.revision for s in plan.steps if s.revision not in done]
+        if plan and not result.ready
+        else [],
         "reason": plan.reason.value if plan and plan.reason else None,
         "error": result.error,
         "lock_wait_seconds": round(result.lock_wait_seconds, 6),
@@ -286,6 +297,7 @@ def result_document(result: Result) -> dict[str, Any]:
             }
             for step in result.applied
         ],
+        **audit_document(result.tampered, result.newer),
     }
 
 

@@ -65,6 +65,14 @@ class Settings(BaseSettings):
     """Name of Alembic's version table."""
     version_table_schema: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_$]*$")
     """Schema of the version table, when not the default one."""
+    history_enabled: bool = True
+    """Keep schemad's audit history table (one row per applied revision)."""
+    history_table: str = Field(default="schemad_history", pattern=r"^[A-Za-z_][A-Za-z0-9_$]*$")
+    """Name of the history table (in the version table's schema)."""
+    on_tamper: Literal["warn", "block"] = "warn"
+    """When an applied revision's file changed: warn, or also block upgrades."""
+    drift_interval_seconds: Seconds | None = None
+    """`schemad run`: compare the live schema with the expected one this often (off)."""
     lock_wait_seconds: Seconds = 300.0
     """How long to wait for another instance's migration lock."""
     connect_timeout_seconds: Seconds = 10.0
@@ -109,7 +117,7 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("log_format", "log_level", "on_unknown_revision", mode="before")
+    @field_validator("log_format", "log_level", "on_unknown_revision", "on_tamper", mode="before")
     @classmethod
     def _lowercase(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
@@ -227,6 +235,27 @@ def _read_secret_file(path: Path) -> str:
     if not text:
         raise ConfigError(f"{variable}={path}: the file is empty", variable=variable)
     return text
+
+
+class IdentitySettings(BaseSettings):
+    """Who runs schemad, from the Kubernetes downward API (set by the chart)."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    pod_name: str | None = None
+    pod_namespace: str | None = None
+    node_name: str | None = None
+    container_image: str | None = None
+    helm_chart: str | None = None
+    app_version: str | None = None
+
+
+def load_identity() -> IdentitySettings:
+    """Read POD_NAME, POD_NAMESPACE, NODE_NAME, CONTAINER_IMAGE, HELM_CHART, APP_VERSION."""
+    try:
+        return IdentitySettings()
+    except ValidationError:  # only optional strings: cannot really fail
+        return IdentitySettings.model_construct()
 
 
 def load_settings() -> Settings:
