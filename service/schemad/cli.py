@@ -44,12 +44,14 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_BEHIND = 3
+EXIT_DRIFT = 4
 EXIT_CODES_HELP = """\
 exit codes:
   0   ok: at the target, nothing to do, or the requested work is done
   1   internal error (a bug: please report it with the traceback)
   2   bad usage (unknown subcommand or option)
   3   status only: the database is behind (`upgrade` would apply revisions)
+  4   drift only: the live schema differs from what its revision should be
   65  refused: the plan breaks a policy (unknown revision in the database,
       several heads, downgrade not allowed, unknown target)
   66  the migration scripts are missing or broken
@@ -145,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--since", type=_timestamp, help="only rows finished at or after this ISO 8601 time"
     )
     history.add_argument("--limit", type=_positive, default=50, help="at most N rows (50)")
+    drift = commands.add_parser(
+        "drift",
+        help="compare the live schema with what its revision should be (exit 4 on drift)",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    drift.add_argument("--json", action="store_true", help="print JSON")
     commands.add_parser(
         "run",
         help="daemon: reconcile on a schedule, serve /metrics /healthz /readyz /status",
@@ -325,6 +334,22 @@ def cmd_history(app: App, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_drift(app: App, args: argparse.Namespace) -> int:
+    report = app.reconciler.check_drift()
+    if args.json:
+        _print_json(app.out, report.as_dict())
+    elif not report.drifted:
+        app.out.write(f"no drift: the schema matches {', '.join(report.revisions) or 'base'}\n")
+    else:
+        app.out.write(
+            f"drift: {len(report.differences)} object(s) differ from what "
+            f"{', '.join(report.revisions) or 'base'} should produce\n"
+        )
+        for difference in report.differences:
+            app.out.write(f"  {difference.describe()}\n")
+    return EXIT_DRIFT if report.drifted else EXIT_OK
+
+
 def _timestamp(text: str) -> datetime:
     try:
         value = datetime.fromisoformat(text)
@@ -347,6 +372,7 @@ def _positive(text: str) -> int:
 
 COMMANDS: dict[str, Callable[[App, argparse.Namespace], int]] = {
     "history": cmd_history,
+    "drift": cmd_drift,
     "run": cmd_run,
     "upgrade": cmd_upgrade,
     "status": cmd_status,

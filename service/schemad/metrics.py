@@ -110,6 +110,21 @@ class Metrics:
             "History rows that could not be written (the migrations still stand).",
             registry=registry,
         )
+        self.drift_objects = Gauge(
+            "schemad_drift_objects",
+            "Schema objects that differ from what the current revision should produce.",
+            registry=registry,
+        )
+        self.drift_checked = Gauge(
+            "schemad_drift_last_check_timestamp_seconds",
+            "Unix time of the last completed drift check.",
+            registry=registry,
+        )
+        self.drift_check_failures = Counter(
+            "schemad_drift_check_failures",
+            "Drift checks that could not run (no privilege, migrations failing, ...).",
+            registry=registry,
+        )
         self.build_info.labels(__version__).set(1)
         for outcome in Outcome:
             self.reconciles.labels(outcome.value)

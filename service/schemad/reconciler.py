@@ -23,11 +23,13 @@ from schemad import logs
 from schemad.applier import apply_plan
 from schemad.audit import explain_newer, find_tampered, newer_revisions, to_adopt
 from schemad.database import Database
+from schemad.drift import DriftChecker, DriftReport
 from schemad.errors import (
     ConfigError,
     DatabaseUnavailableError,
     LockTimeoutError,
     MigrationFailedError,
+    PlanRejectedError,
     SchemadError,
     ScriptError,
 )
@@ -244,6 +246,35 @@ class Reconciler:
                 progress.history_write_failures += 1
             return False
         return True
+
+    def check_drift(self) -> DriftReport:
+        """Compare the live schema with what its revision(s) should produce.
+
+        Raises:
+            PlanRejectedError: the database is at a revision these scripts lack.
+            DriftPermissionError: no privilege to create a scratch database.
+            ScriptError, DatabaseUnavailableError, MigrationFailedError: as named.
+        """
+        scripts = self.scripts()
+        state = self.database.read_state()
+        unknown = [head for head in state.heads if head not in scripts.graph.revisions]
+        if unknown:
+            raise PlanRejectedError(
+                f"database is at {', '.join(unknown)}, which these migrations do not "
+                "contain, so the expected schema cannot be built; check drift with the "
+                "image that contains it",
+                reason=RefusalReason.UNKNOWN_REVISION.value,
+            )
+        exclude = {self.settings.version_table, self.settings.history_table}
+        report = DriftChecker(self.database, exclude=exclude).check(scripts, state.heads)
+        event = self._log.warning if report.drifted else self._log.info
+        event(
+            "drift_checked",
+            revisions=list(report.revisions),
+            drifted_objects=len(report.differences),
+            differences=[d.describe() for d in report.differences],
+        )
+        return report
 
     def reconcile_once(self) -> Result:
         """Run one pass and report it; never raises but for a ConfigError.

@@ -10,6 +10,7 @@ being applied may finish within the grace period, then the process exits 0.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import threading
@@ -27,13 +28,15 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from schemad import logs
 from schemad.audit import audit_document
-from schemad.errors import ConfigError
+from schemad.drift import DriftPermissionError
+from schemad.errors import ConfigError, SchemadError
 from schemad.metrics import Metrics
 from schemad.model import LockHolder, Outcome, Result
 from schemad.reconciler import Reconciler
 from schemad.settings import Settings
 
 JOB_ID = "reconcile"
+DRIFT_JOB_ID = "drift"
 BACKOFF_BASE_SECONDS = 1.0
 
 
@@ -99,6 +102,7 @@ class Daemon:
         self._pass_started_at: float | None = None
         self._waiting_for: LockHolder | None = None
         self._failures = 0
+        self._drift: dict[str, Any] | None = None
         self._scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -119,6 +123,12 @@ class Daemon:
             id=JOB_ID,
             next_run_time=datetime.now(UTC),
         )
+        if self.settings.drift_interval_seconds is not None:
+            self._scheduler.add_job(
+                self.run_drift_check,
+                trigger=IntervalTrigger(seconds=self.settings.drift_interval_seconds, timezone=UTC),
+                id=DRIFT_JOB_ID,
+            )
         self._scheduler.start()
         self._log.info(
             "daemon_started",
@@ -191,6 +201,33 @@ class Daemon:
         self._record(result)
         return result
 
+    def run_drift_check(self) -> None:
+        """Compare the live schema with the expected one (same worker as passes)."""
+        if self._stop.is_set():
+            return
+        checked_at = self._wall_clock()
+        try:
+            report = self.reconciler.check_drift()
+        except DriftPermissionError as exc:
+            self._log.error("drift_disabled", error=exc.message)
+            self.metrics.drift_check_failures.inc()
+            self._set_drift({"error": exc.message, "disabled": True}, checked_at)
+            with contextlib.suppress(LookupError):
+                self._scheduler.remove_job(DRIFT_JOB_ID)
+            return
+        except SchemadError as exc:
+            self._log.error("drift_check_failed", error=exc.message)
+            self.metrics.drift_check_failures.inc()
+            self._set_drift({"error": exc.message, "disabled": False}, checked_at)
+            return
+        self.metrics.drift_objects.set(len(report.differences))
+        self.metrics.drift_checked.set(checked_at)
+        self._set_drift(report.as_dict(), checked_at)
+
+    def _set_drift(self, document: dict[str, Any], checked_at: float) -> None:
+        with self._lock:
+            self._drift = {**document, "checked_at": _iso(checked_at)}
+
     def _record(self, result: Result) -> None:
         finished_at = self._wall_clock()
         self.metrics.observe(result, finished_at=finished_at)
@@ -248,7 +285,7 @@ class Daemon:
         with self._lock:
             last, running_since = self._last, self._pass_started_at
             waiting_for, failures = self._waiting_for, self._failures
-            last_success = self._last_success_at
+            last_success, drift = self._last_success_at, self._drift
         job = self._scheduler.get_job(JOB_ID) if self._scheduler.running else None
         next_run = job.next_run_time.isoformat() if job and job.next_run_time else None
         return {
@@ -266,6 +303,7 @@ class Daemon:
                 "held_seconds": waiting_for.held_seconds if waiting_for else None,
             },
             "last_pass": result_document(last) if last else None,
+            "drift": drift,
         }
 
 

@@ -1,0 +1,311 @@
+"""Drift detection: does the live schema match what its revision should be?
+
+The expected schema is built for real: the project's migrations are run
+into a scratch database on the same server (a temporary file for SQLite)
+up to the live database's revision(s), both are reflected with SQLAlchemy,
+and :func:`compare` (pure) lists the differences. The scratch database is
+dropped afterwards, whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import SQLAlchemyError
+
+from schemad import logs
+from schemad.database import Database
+from schemad.errors import DatabaseUnavailableError, MigrationFailedError
+from schemad.revisions import Scripts, make_config
+
+SCRATCH_PREFIX = "schemad_scratch_"
+# sqlstate / MySQL error numbers that mean "you may not create a database".
+_NO_PRIVILEGE = {"42501"}
+_MYSQL_NO_PRIVILEGE = {1044, 1045, 1142, 1227}
+
+Table = dict[str, Any]
+Snapshot = dict[str, Table]
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One way the live schema differs from the expected one."""
+
+    kind: str
+    object: str
+    expected: str | None
+    found: str | None
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.object}: expected {self.expected}, found {self.found}"
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """The outcome of one drift check."""
+
+    revisions: tuple[str, ...]
+    differences: tuple[Difference, ...] = field(default=())
+
+    @property
+    def drifted(self) -> bool:
+        return bool(self.differences)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "revisions": list(self.revisions),
+            "drifted": self.drifted,
+            "differences": [
+                {"kind": d.kind, "object": d.object, "expected": d.expected, "found": d.found}
+                for d in self.differences
+            ],
+        }
+
+
+class DriftPermissionError(DatabaseUnavailableError):
+    """The user may not create the scratch database drift checks need."""
+
+
+def compare(expected: Mapping[str, Table], live: Mapping[str, Table]) -> tuple[Difference, ...]:
+    """List how ``live`` differs from ``expected`` (pure; snapshots are plain data)."""
+    found: list[Difference] = []
+    for name in sorted(set(expected) | set(live)):
+        if name not in live:
+            found.append(Difference("missing_table", name, "present", "absent"))
+        elif name not in expected:
+            found.append(Difference("extra_table", name, "absent", "present"))
+        else:
+            found.extend(_compare_table(name, expected[name], live[name]))
+    return tuple(found)
+
+
+def _compare_table(name: str, expected: Table, live: Table) -> list[Difference]:
+    found = _compare_columns(name, expected["columns"], live["columns"])
+    if expected["primary_key"] != live["primary_key"]:
+        found.append(
+            Difference("primary_key", name, str(expected["primary_key"]), str(live["primary_key"]))
+        )
+    for kind in ("index", "unique", "foreign_key"):
+        want, have = expected[kind], live[kind]
+        for key in sorted(set(want) | set(have)):
+            if want.get(key) != have.get(key):
+                found.append(
+                    Difference(
+                        kind,
+                        f"{name}.{key}",
+                        want.get(key, "absent"),
+                        have.get(key, "absent"),
+                    )
+                )
+    return found
+
+
+def _compare_columns(
+    table: str, expected: Mapping[str, Table], live: Mapping[str, Table]
+) -> list[Difference]:
+    found = []
+    for column in sorted(set(expected) | set(live)):
+        where = f"{table}.{column}"
+        if column not in live:
+            found.append(Difference("missing_column", where, "present", "absent"))
+        elif column not in expected:
+            found.append(Difference("extra_column", where, "absent", "present"))
+        else:
+            for attribute in ("type", "nullable", "default"):
+                want, have = expected[column][attribute], live[column][attribute]
+                if want != have:
+                    found.append(Difference(f"column_{attribute}", where, str(want), str(have)))
+    return found
+
+
+def snapshot(conn: sa.Connection, *, exclude: set[str]) -> Snapshot:
+    """Reflect the default schema into plain data for :func:`compare`."""
+    inspector = sa.inspect(conn)
+    dialect = conn.dialect
+    tables: Snapshot = {}
+    for name in inspector.get_table_names():
+        if name in exclude or name.startswith("sqlite_"):
+            continue
+        columns = {
+            col["name"]: {
+                "type": str(col["type"].compile(dialect=dialect)),
+                "nullable": bool(col["nullable"]),
+                "default": _text(col.get("default")),
+            }
+            for col in inspector.get_columns(name)
+        }
+        pk = inspector.get_pk_constraint(name).get("constrained_columns") or []
+        tables[name] = {
+            "columns": columns,
+            "primary_key": tuple(pk),
+            "index": {
+                str(ix["name"]): f"{'unique ' if ix.get('unique') else ''}"
+                f"({', '.join(str(c) for c in ix['column_names'])})"
+                for ix in inspector.get_indexes(name)
+            },
+            "unique": {
+                str(uq["name"]): f"({', '.join(uq['column_names'])})"
+                for uq in inspector.get_unique_constraints(name)
+            },
+            "foreign_key": {
+                str(fk.get("name") or "-".join(fk["constrained_columns"])): (
+                    f"({', '.join(fk['constrained_columns'])}) -> {fk['referred_table']}"
+                    f"({', '.join(fk['referred_columns'])})"
+                )
+                for fk in inspector.get_foreign_keys(name)
+            },
+        }
+    return tables
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+class DriftChecker:
+    """Builds the expected schema in a scratch database and compares."""
+
+    def __init__(self, database: Database, *, exclude: set[str]) -> None:
+        self.database = database
+        self.exclude = exclude
+        self._log = logs.get_logger("schemad.drift")
+
+    def check(self, scripts: Scripts, heads: tuple[str, ...]) -> DriftReport:
+        """Compare the live schema with the one ``heads`` should produce.
+
+        Raises:
+            DriftPermissionError: a scratch database cannot be created.
+            DatabaseUnavailableError: the database cannot be reached.
+            MigrationFailedError: the migrations fail in the scratch database.
+        """
+        with self._scratch() as scratch:
+            self._migrate(scripts, scratch, heads)
+            try:
+                with scratch.engine.connect() as conn:
+                    expected = snapshot(conn, exclude=self.exclude)
+                with self.database.engine.connect() as conn:
+                    live = snapshot(conn, exclude=self.exclude)
+            except SQLAlchemyError as exc:
+                raise DatabaseUnavailableError(
+                    f"cannot reflect the schema: {self.database.redact(str(exc))}"
+                ) from exc
+        return DriftReport(heads, compare(expected, live))
+
+    def _migrate(self, scripts: Scripts, scratch: Database, heads: tuple[str, ...]) -> None:
+        # The scratch URL goes into sqlalchemy.url too: an env.py that ignores
+        # the connection we pass must still never touch the live database.
+        config = make_config(
+            scratch.url,
+            alembic_config=_config_file(scripts),
+            script_location=scripts.config.get_main_option("script_location"),
+        )
+        try:
+            with scratch.engine.connect() as conn, logs.preserved():
+                config.attributes["connection"] = conn
+                for head in heads:
+                    command.upgrade(config, head)
+                conn.commit()
+        except SQLAlchemyError as exc:
+            raise DatabaseUnavailableError(
+                f"cannot migrate the scratch database: {self.database.redact(str(exc))}"
+            ) from exc
+        except Exception as exc:  # the project's own migration code
+            raise MigrationFailedError(
+                f"the migrations failed in the scratch database: {type(exc).__name__}: "
+                f"{self.database.redact(str(exc))}",
+                revision=None,
+            ) from exc
+
+    @contextlib.contextmanager
+    def _scratch(self) -> Iterator[Database]:
+        name = f"{SCRATCH_PREFIX}{uuid.uuid4().hex[:10]}"
+        if self.database.backend == "sqlite":
+            with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX) as directory:
+                scratch = _like(
+                    self.database,
+                    self.database.url.set(database=str(Path(directory) / "scratch.db")),
+                )
+                try:
+                    yield scratch
+                finally:
+                    scratch.dispose()
+            return
+        self._create(name)
+        scratch = _like(self.database, self.database.url.set(database=name))
+        try:
+            yield scratch
+        finally:
+            scratch.dispose()
+            self._drop(name)
+
+    def _create(self, name: str) -> None:
+        try:
+            with self.database.engine.connect() as conn:
+                conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
+                    f"CREATE DATABASE {name}"
+                )
+        except SQLAlchemyError as exc:
+            if _no_privilege(exc):
+                raise DriftPermissionError(_privilege_message(self.database, name)) from exc
+            raise DatabaseUnavailableError(
+                f"cannot create the scratch database {name}: "
+                f"{self.database.redact(str(getattr(exc, 'orig', exc)))}"
+            ) from exc
+
+    def _drop(self, name: str) -> None:
+        force = " WITH (FORCE)" if self.database.backend == "postgresql" else ""
+        try:
+            with self.database.engine.connect() as conn:
+                conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
+                    f"DROP DATABASE IF EXISTS {name}{force}"
+                )
+        except SQLAlchemyError as exc:
+            self._log.error(
+                "drift_scratch_not_dropped",
+                database=name,
+                error=self.database.redact(str(getattr(exc, "orig", exc))),
+            )
+
+
+def _like(database: Database, url: URL) -> Database:
+    return Database(
+        url,
+        version_table=database.version_table,
+        version_table_schema=database.version_table_schema,
+    )
+
+
+def _config_file(scripts: Scripts) -> Path | None:
+    name = scripts.config.config_file_name
+    return Path(name) if name and os.path.isfile(name) else None
+
+
+def _no_privilege(exc: SQLAlchemyError) -> bool:
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlstate", None) in _NO_PRIVILEGE:
+        return True
+    args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
+    return bool(args) and args[0] in _MYSQL_NO_PRIVILEGE
+
+
+def _privilege_message(database: Database, name: str) -> str:
+    user = database.url.username or "the schemad user"
+    if database.backend == "postgresql":
+        grant = f"ALTER ROLE {user} CREATEDB"
+    else:
+        grant = f"GRANT ALL ON `{SCRATCH_PREFIX}%`.* TO '{user}'"
+    return (
+        f"drift checks need to create a scratch database ({name}) on the same server, "
+        f"and {user} may not; grant it ({grant}) or turn drift checks off "
+        "(unset SCHEMAD_DRIFT_INTERVAL_SECONDS). Reconciliation is not affected"
+    )
