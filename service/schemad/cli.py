@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -198,7 +199,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         return int(COMMANDS[args.command](app, args))
     except SchemadError as exc:
         message = app.database.redact(exc.message) if app else exc.message
-        log.error("command_failed", command=args.command, error=message, exit_code=exc.exit_code)
+        event = "config_invalid" if isinstance(exc, ConfigError) else "command_failed"
+        log.error(event, command=args.command, error=message, exit_code=exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
@@ -290,7 +292,14 @@ def cmd_run(app: App, _args: argparse.Namespace) -> int:
         server.stop()
     if daemon.config_error is not None:
         return daemon.config_error.exit_code
-    return EXIT_OK if clean else EXIT_INTERNAL
+    if not clean:
+        # The pass's thread is still inside a revision and the interpreter would
+        # wait for it at exit, past the grace period: leave now. The database
+        # drops the session and rolls the revision back where DDL is transactional.
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(EXIT_INTERNAL)
+    return EXIT_OK
 
 
 def cmd_health(settings: Settings) -> int:

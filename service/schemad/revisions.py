@@ -80,13 +80,13 @@ def load_scripts(config: Config) -> Scripts:
             import, or the graph is broken (cycle, missing parent).
     """
     loaded_at_ns = time.time_ns()
-    fingerprint = scripts_fingerprint(config)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             directory = ScriptDirectory.from_config(config)
             _require_env_py(directory)
             graph, checksums = _graph(directory)
+            _require_revisions(directory, graph)
     except ScriptError:
         raise
     except CommandError as exc:
@@ -102,7 +102,21 @@ def load_scripts(config: Config) -> Scripts:
             f"{type(exc).__name__}: {_first_line(exc)}; fix the revision file "
             "(try `alembic history` to see the same error)"
         ) from exc
+    # Taken after loading: importing the revisions may create versions/__pycache__.
+    fingerprint = scripts_fingerprint(config)
     return Scripts(config, directory, graph, fingerprint, loaded_at_ns, checksums)
+
+
+def _require_revisions(directory: ScriptDirectory, graph: Graph) -> None:
+    # Zero revisions is how a missing or empty volume mount looks; treating it
+    # as "in sync" would hide the broken mount.
+    if not graph.revisions:
+        locations = ", ".join(str(p) for p in directory._version_locations)
+        raise ScriptError(
+            f"the migrations directory {directory.dir} has no revision files (looked in "
+            f"{locations}); check that the migrations are copied or mounted there, or "
+            "create the first one with `alembic revision -m ...`"
+        )
 
 
 def _require_env_py(directory: ScriptDirectory) -> None:
