@@ -33,6 +33,12 @@ from schemad.errors import ConfigError, DatabaseUnavailableError, LockTimeoutErr
 from schemad.model import DbState, LockHolder
 
 LOCK_POLL_SECONDS = 0.1
+# A peer that stops answering (blackholed network) is given up on after about
+# idle + interval * count seconds when idle, TCP_USER_TIMEOUT when sending.
+KEEPALIVE_IDLE_SECONDS = 10
+KEEPALIVE_INTERVAL_SECONDS = 5
+KEEPALIVE_COUNT = 3
+TCP_USER_TIMEOUT_SECONDS = 30
 WaitCallback = Callable[[LockHolder | None, float], None]
 
 
@@ -301,9 +307,10 @@ def _create_engine(url: URL, connect_timeout_seconds: float) -> Engine:
             "connect_timeout": timeout,
             "application_name": instance_name()[:63],
             "keepalives": 1,
-            "keepalives_idle": 30,
-            "keepalives_interval": 10,
-            "keepalives_count": 3,
+            "keepalives_idle": KEEPALIVE_IDLE_SECONDS,
+            "keepalives_interval": KEEPALIVE_INTERVAL_SECONDS,
+            "keepalives_count": KEEPALIVE_COUNT,
+            "tcp_user_timeout": TCP_USER_TIMEOUT_SECONDS * 1000,
         }
     elif backend in ("mysql", "mariadb"):
         connect_args = {"connect_timeout": timeout}
@@ -320,7 +327,32 @@ def _create_engine(url: URL, connect_timeout_seconds: float) -> Engine:
         ) from exc
     if backend == "sqlite":
         _make_sqlite_ddl_transactional(engine)
+    elif backend in ("mysql", "mariadb"):
+        _keep_mysql_sockets_alive(engine)
     return engine
+
+
+def _keep_mysql_sockets_alive(engine: Engine) -> None:
+    # PyMySQL has no keepalive options; without them a blackholed network
+    # leaves a read blocked for the kernel's ~15 minute retransmission limit.
+    @event.listens_for(engine, "connect")
+    def _keepalive(dbapi_connection: Any, _record: Any) -> None:
+        sock = getattr(dbapi_connection, "_sock", None)
+        if sock is not None:
+            configure_keepalive(sock)
+
+
+def configure_keepalive(sock: socket.socket) -> None:
+    """TCP keepalives and a user timeout: a silent peer is dropped in ~30 s."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE_SECONDS),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_SECONDS),
+        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+        ("TCP_USER_TIMEOUT", TCP_USER_TIMEOUT_SECONDS * 1000),
+    ):
+        if hasattr(socket, option):  # Linux names; other systems keep defaults
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 def _timeout_statements(
