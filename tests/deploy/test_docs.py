@@ -28,15 +28,18 @@ from deploy_support import (
 from schemad.settings import setting_names
 
 DOC = ROOT / "docs" / "kubernetes.md"
+README = ROOT / "README.md"
 
 
-def blocks(language: str, first_line: str) -> list[str]:
+def blocks(language: str, first_line: str, doc: Path = DOC) -> list[str]:
     """Fenced blocks of a language whose first line is `first_line`."""
-    found = re.findall(rf"^```{language}\n(.*?)^```", DOC.read_text(), re.S | re.M)
+    found = re.findall(rf"^```{language}\n(.*?)^```", doc.read_text(), re.S | re.M)
     return [block for block in found if block.splitlines()[0].strip() == first_line]
 
 
-VALUES_BLOCKS = blocks("yaml", "# values for helm/schemad")
+VALUES_BLOCKS = blocks("yaml", "# values for helm/schemad") + blocks(
+    "yaml", "# values for helm/schemad", README
+)
 
 
 @pytest.fixture(scope="module")
