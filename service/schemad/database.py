@@ -18,6 +18,7 @@ import hashlib
 import math
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -67,6 +68,7 @@ class Database:
         self._sleep = sleep
         self._clock = clock
         self._secrets = tuple(s for s in {url.password} if s and len(str(s)) >= 3)
+        self.connect_timeout_seconds = connect_timeout_seconds
         self.engine = _create_engine(url, connect_timeout_seconds)
         self._version = sa.table(
             version_table, sa.column("version_num"), schema=version_table_schema
@@ -107,32 +109,64 @@ class Database:
     def read_state(self) -> DbState:
         """Read the head revision(s) from the version table: one query.
 
-        A missing version table is an empty database (no revision).
+        A missing version table is an empty database (no revision). A pooled
+        connection the server has dropped (a restart) is retried once on a
+        fresh one, which is cheaper than pinging before every use.
 
         Raises:
-            DatabaseUnavailableError: the database cannot be reached or the
-                table cannot be read.
+            DatabaseUnavailableError: the database cannot be reached, does not
+                answer within the connect timeout, or the table cannot be read.
         """
-        with self.connect() as conn:
-            try:
-                return self._select_heads(conn)
-            except DBAPIError as exc:
-                conn.rollback()
-                if exc.connection_invalidated:
-                    raise self._unavailable(exc) from exc
-                exists = self._has_version_table(conn)
-                if exists is False:
-                    return DbState(())
-                if exists:
-                    # Another instance may have created the table since our SELECT.
-                    with suppress(DBAPIError):
-                        return self._select_heads(conn)
+        for attempt in (1, 2):
+            with self.connect() as conn, self.deadline(conn) as watchdog:
+                try:
+                    return self._select_heads(conn)
+                except DBAPIError as exc:
+                    if watchdog.fired:
+                        raise self._no_answer(exc) from exc
+                    if exc.connection_invalidated:
+                        if attempt == 1:
+                            continue
+                        raise self._unavailable(exc) from exc
                     conn.rollback()
-                raise DatabaseUnavailableError(
-                    f"cannot read the version table {self._table_name()} on "
-                    f"{self.masked_url}: {self._describe(exc)}; check that the URL names "
-                    "the right database and that the user may read the table"
-                ) from exc
+                    return self._empty_or_unreadable(conn, exc)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _empty_or_unreadable(self, conn: Connection, exc: DBAPIError) -> DbState:
+        exists = self._has_version_table(conn)
+        if exists is False:
+            return DbState(())
+        if exists:
+            # Another instance may have created the table since our SELECT.
+            with suppress(DBAPIError):
+                return self._select_heads(conn)
+            conn.rollback()
+        raise DatabaseUnavailableError(
+            f"cannot read the version table {self._table_name()} on "
+            f"{self.masked_url}: {self._describe(exc)}; check that the URL names "
+            "the right database and that the user may read the table"
+        ) from exc
+
+    @contextmanager
+    def deadline(self, conn: Connection) -> Iterator[_Watchdog]:
+        """Bound a short exchange on ``conn`` by the connect timeout.
+
+        A peer that accepts connections but never answers (a blackholed
+        network behind a proxy that still acknowledges TCP) would block a
+        read forever: keepalives are answered and no client-side read timeout
+        exists in the drivers. The watchdog shuts the socket down instead,
+        which makes the blocked read fail at once.
+        """
+        watchdog = _Watchdog(conn, self.connect_timeout_seconds)
+        with watchdog:
+            yield watchdog
+
+    def _no_answer(self, exc: BaseException) -> DatabaseUnavailableError:
+        return DatabaseUnavailableError(
+            f"database {self.masked_url} did not answer within "
+            f"{self.connect_timeout_seconds:g}s (SCHEMAD_CONNECT_TIMEOUT_SECONDS); is the "
+            "network, or a proxy in front of the database, silently dropping traffic?"
+        )
 
     def _select_heads(self, conn: Connection) -> DbState:
         rows = conn.execute(sa.select(self._version.c.version_num)).scalars().all()
@@ -298,6 +332,62 @@ class Database:
         return self.redact(f"{type(orig).__name__}: {first}")
 
 
+class _Watchdog:
+    """Shuts a connection's socket down if an exchange outlives its deadline."""
+
+    def __init__(self, conn: Connection, seconds: float) -> None:
+        self.shutdown = _socket_shutdown(conn)
+        self.seconds = seconds
+        self.fired = False
+        self._done = False
+        self._guard = threading.Lock()
+        self._timer: threading.Timer | None = None
+
+    def __enter__(self) -> _Watchdog:
+        if self.shutdown is not None:
+            self._timer = threading.Timer(self.seconds, self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        with self._guard:  # after this the timer can no longer touch the socket
+            self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _fire(self) -> None:
+        with self._guard:
+            if self._done or self.shutdown is None:
+                return
+            self.fired = True
+            with suppress(OSError):
+                self.shutdown()
+
+
+def _socket_shutdown(conn: Connection) -> Callable[[], None] | None:
+    """How to cut the driver's socket: PyMySQL's object, psycopg's descriptor."""
+    try:
+        raw = conn.connection.dbapi_connection
+    except SQLAlchemyError:
+        return None
+    sock = getattr(raw, "_sock", None)
+    if isinstance(sock, socket.socket):
+        return lambda: sock.shutdown(socket.SHUT_RDWR)
+    pgconn = getattr(raw, "pgconn", None)
+    fd = getattr(pgconn, "socket", None) if pgconn is not None else None
+    if isinstance(fd, int) and fd >= 0:
+        return lambda: _shutdown_fd(fd)
+    return None
+
+
+def _shutdown_fd(fd: int) -> None:
+    # shutdown() acts on the socket, not on the descriptor: a duplicate
+    # descriptor reaches it without closing the driver's own.
+    with socket.socket(fileno=os.dup(fd)) as view:
+        view.shutdown(socket.SHUT_RDWR)
+
+
 def _create_engine(url: URL, connect_timeout_seconds: float) -> Engine:
     backend = url.get_backend_name()
     timeout = max(1, math.ceil(connect_timeout_seconds))
@@ -317,7 +407,7 @@ def _create_engine(url: URL, connect_timeout_seconds: float) -> Engine:
     elif backend == "sqlite":
         connect_args = {"timeout": connect_timeout_seconds}
     try:
-        engine = sa.create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+        engine = sa.create_engine(url, connect_args=connect_args)
     except (NoSuchModuleError, ImportError) as exc:
         raise ConfigError(
             f"SCHEMAD_DATABASE_URL={url.render_as_string(hide_password=True)}: the "
@@ -444,8 +534,18 @@ class _Lock:
         return self.holder()
 
     def _scalar(self, sql: str, **params: Any) -> Any:
+        return self._first(sql, **params)[0]
+
+    def _first(self, sql: str, **params: Any) -> Any:
         assert self.conn is not None
-        return self.conn.execute(sa.text(sql), params).scalar()
+        with self.db.deadline(self.conn) as watchdog:
+            try:
+                row = self.conn.execute(sa.text(sql), params).first()
+            except DBAPIError as exc:
+                if watchdog.fired:
+                    raise self.db._no_answer(exc) from exc
+                raise
+        return row if row is not None else (None,)
 
 
 class _PostgresLock(_Lock):
@@ -462,21 +562,19 @@ class _PostgresLock(_Lock):
 
     def holder(self) -> LockHolder | None:
         unsigned = self.key & 0xFFFFFFFFFFFFFFFF
-        assert self.conn is not None
-        row = self.conn.execute(
-            sa.text(
-                "SELECT a.pid, a.application_name, host(a.client_addr), "
-                "EXTRACT(EPOCH FROM now() - a.state_change) "
-                "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
-                "AND l.classid = CAST(CAST(:hi AS bigint) AS oid) "
-                "AND l.objid = CAST(CAST(:lo AS bigint) AS oid) "
-                "AND l.database = (SELECT oid FROM pg_database "
-                "WHERE datname = current_database())"
-            ),
-            {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF},
-        ).first()
-        if row is None:
+        row = self._first(
+            "SELECT a.pid, a.application_name, host(a.client_addr), "
+            "EXTRACT(EPOCH FROM now() - a.state_change) "
+            "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+            "AND l.classid = CAST(CAST(:hi AS bigint) AS oid) "
+            "AND l.objid = CAST(CAST(:lo AS bigint) AS oid) "
+            "AND l.database = (SELECT oid FROM pg_database "
+            "WHERE datname = current_database())",
+            hi=unsigned >> 32,
+            lo=unsigned & 0xFFFFFFFF,
+        )
+        if row[0] is None:
             return None
         pid, app, addr, idle = row
         name = app or "a client"
@@ -501,15 +599,12 @@ class _MySQLLock(_Lock):
         self._scalar("SELECT RELEASE_LOCK(:name)", name=self.name)
 
     def holder(self) -> LockHolder | None:
-        assert self.conn is not None
-        row = self.conn.execute(
-            sa.text(
-                "SELECT p.ID, p.HOST, p.TIME FROM information_schema.PROCESSLIST p "
-                "WHERE p.ID = IS_USED_LOCK(:name)"
-            ),
-            {"name": self.name},
-        ).first()
-        if row is None:
+        row = self._first(
+            "SELECT p.ID, p.HOST, p.TIME FROM information_schema.PROCESSLIST p "
+            "WHERE p.ID = IS_USED_LOCK(:name)",
+            name=self.name,
+        )
+        if row[0] is None:
             return None
         conn_id, host, idle = row
         return LockHolder(

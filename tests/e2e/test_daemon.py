@@ -425,12 +425,6 @@ def test_outage_keeps_the_process_alive_and_it_recovers(
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    reason="a pooled connection whose peer accepts but never answers hangs the pass "
-    "(pool pre-ping and queries have no client-side deadline; TCP keepalives are "
-    "acknowledged by the peer), so readiness keeps reporting the last good pass",
-)
 def test_a_blackholed_database_does_not_hang_the_daemon(
     start: Start, postgres_url: str, proxy: FaultProxy, tmp_path: Path
 ) -> None:
