@@ -87,8 +87,12 @@ def configure(
     root.setLevel(_LEVELS.get(level, logging.INFO))
     # SQLAlchemy echoes SQL and APScheduler announces every job run at INFO;
     # both are only worth reading when debugging.
+    quiet = level != "debug"
     for chatty in ("sqlalchemy.engine", "apscheduler"):
-        logging.getLogger(chatty).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+        logging.getLogger(chatty).setLevel(logging.WARNING if quiet else logging.DEBUG)
+    # "skipped: maximum number of running instances reached" is the intended
+    # coalescing of a late pass, not a warning; real job errors stay visible.
+    logging.getLogger("apscheduler.executors").setLevel(logging.ERROR if quiet else logging.DEBUG)
 
 
 @contextmanager

@@ -203,8 +203,15 @@ class Daemon:
 
     def run_drift_check(self) -> None:
         """Compare the live schema with the expected one (same worker as passes)."""
-        if self._stop.is_set():
-            return
+        # Busy like a pass, so a shutdown waits for it within the grace period.
+        self._idle.clear()
+        try:
+            if not self._stop.is_set():
+                self._check_drift()
+        finally:
+            self._idle.set()
+
+    def _check_drift(self) -> None:
         checked_at = self._wall_clock()
         try:
             report = self.reconciler.check_drift()
