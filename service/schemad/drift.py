@@ -29,6 +29,9 @@ from schemad.errors import DatabaseUnavailableError, MigrationFailedError
 from schemad.revisions import Scripts, make_config
 
 SCRATCH_PREFIX = "schemad_scratch_"
+# The scratch database is migrated by env.py alone, which keeps Alembic's default
+# version table name unless it names one (schemad's setting does not reach it).
+_ALEMBIC_VERSION_TABLE = "alembic_version"
 # sqlstate / MySQL error numbers that mean "you may not create a database".
 _NO_PRIVILEGE = {"42501"}
 _MYSQL_NO_PRIVILEGE = {1044, 1045, 1142, 1227}
@@ -192,7 +195,7 @@ class DriftChecker:
             self._migrate(scripts, scratch, heads)
             try:
                 with scratch.engine.connect() as conn:
-                    expected = snapshot(conn, exclude=self.exclude)
+                    expected = snapshot(conn, exclude=self.exclude | {_ALEMBIC_VERSION_TABLE})
                 with self.database.engine.connect() as conn:
                     live = snapshot(conn, exclude=self.exclude)
             except SQLAlchemyError as exc:

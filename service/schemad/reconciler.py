@@ -185,11 +185,16 @@ class Reconciler:
                 plan = replace(plan, message=f"{plan.message}. {hint}")
         return Inspection(state, target, plan, tampered, newer)
 
-    def _tampered(self, scripts: Scripts, state: DbState, *, adopt: bool) -> tuple[Tampered, ...]:
+    def _tampered(
+        self, scripts: Scripts, state: DbState, *, adopt: bool, progress: _Pass | None = None
+    ) -> tuple[Tampered, ...]:
         if self.history is None:
             return ()
         key = (scripts.loaded_at_ns, state.heads, adopt)
-        if self._audit_cache is not None and self._audit_cache[0] == key:
+        looked, adopted = (*key[:2], False), (*key[:2], True)
+        cached = self._audit_cache[0] if self._audit_cache is not None else None
+        # A look that adopted also answers a read-only one: nothing is left to adopt.
+        if self._audit_cache is not None and cached in (key, adopted):
             return self._audit_cache[1]
         try:
             recorded, _applied = self.history.summary()
@@ -199,7 +204,8 @@ class Reconciler:
         graph = scripts.graph
         applied = ancestors(graph, [h for h in state.heads if h in graph.revisions])
         tampered = find_tampered(applied, recorded, scripts.checksums)
-        for item in tampered:
+        # Warn once per scripts and heads, not again when a pass adopts after looking.
+        for item in () if cached in (looked, adopted) else tampered:
             self._log.warning(
                 "revision_tampered",
                 revision=item.revision,
@@ -208,9 +214,13 @@ class Reconciler:
                 blocks_upgrades=self.policy.block_on_tamper,
             )
         adoptable = to_adopt(applied, recorded, scripts.checksums) if adopt else ()
-        if adoptable and self._write_history([self._adopted_row(scripts, r) for r in adoptable]):
+        written = not adoptable or self._write_history(
+            [self._adopted_row(scripts, r) for r in adoptable], progress
+        )
+        if adoptable and written:
             self._log.info("revisions_adopted", revisions=list(adoptable))
-        self._audit_cache = (key, tampered)
+        # An adoption that could not be written is tried again by the next pass.
+        self._audit_cache = (key if written else looked, tampered)
         return tampered
 
     def _newer(self, scripts: Scripts, state: DbState) -> tuple[tuple[NewerRevision, ...], str]:
@@ -243,7 +253,7 @@ class Reconciler:
             message = exc.message if isinstance(exc, SchemadError) else str(exc)
             self._log.error("history_write_failed", error=self.database.redact(message))
             if progress is not None:
-                progress.history_write_failures += 1
+                progress.history_write_failures += len(rows)
             return False
         return True
 
@@ -300,11 +310,16 @@ class Reconciler:
         return result
 
     def _run(self, progress: _Pass) -> Outcome:
-        inspection = self.inspect(adopt=True)
+        # Adopting writes history rows: with work pending, only the lock holder
+        # may write, or a bystander adopts revisions that another instance is
+        # applying right now (and on SQLite its write makes that migration fail
+        # with "database is locked").
+        inspection = self.inspect()
         progress.tampered, progress.newer = inspection.tampered, inspection.newer
         progress.plan = inspection.plan
         progress.heads_before = progress.heads_after = inspection.state.heads
         if not inspection.plan.has_work:
+            self._tampered(self.scripts(), inspection.state, adopt=True, progress=progress)
             return _OUTCOME_OF_PLAN[inspection.plan.kind]
         self._log.info(
             "plan_made",
@@ -320,7 +335,8 @@ class Reconciler:
 
     def _apply_under_lock(self, progress: _Pass) -> Outcome:
         # Someone may have migrated while we waited: plan again.
-        inspection = self.inspect(adopt=True)
+        inspection = self.inspect()
+        self._tampered(self.scripts(), inspection.state, adopt=True, progress=progress)
         progress.tampered, progress.newer = inspection.tampered, inspection.newer
         progress.plan = inspection.plan
         progress.heads_before = progress.heads_after = inspection.state.heads

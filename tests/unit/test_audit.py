@@ -76,7 +76,8 @@ def test_revision_without_a_file_is_not_adopted() -> None:
 
 def _record(revision: str, parent: str | None, image: str | None = "app:2.0") -> AppliedRecord:
     parents = (parent,) if parent else ()
-    return AppliedRecord(revision, parents, f"2026-01-0{revision[-1]}T10:00:00+00:00", "pod-b", image)
+    applied_at = f"2026-01-0{revision[-1]}T10:00:00+00:00"
+    return AppliedRecord(revision, parents, applied_at, "pod-b", image)
 
 
 def test_newer_revisions_walk_back_to_known_ground() -> None:
