@@ -29,6 +29,7 @@ from schemad.model import AppliedStep, Plan, PlanKind
 from schemad.revisions import Scripts
 
 StepCallback = Callable[[AppliedStep], None]
+StartCallback = Callable[[str, str], None]
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,10 @@ class _Run:
         on_step: StepCallback | None,
         clock: Callable[[], float],
         should_stop: Callable[[], bool] | None = None,
+        on_start: StartCallback | None = None,
     ) -> None:
         self.on_step = on_step
+        self.on_start = on_start
         self.clock = clock
         self.should_stop = should_stop
         self.stopped = False
@@ -65,6 +68,8 @@ class _Run:
                 self.stopped = True
                 return
             self.current = step
+            if self.on_start is not None:
+                self.on_start(_revision_of(step), "upgrade" if step.is_upgrade else "downgrade")
             started = self.current_started = self.clock()
             yield step
             done = AppliedStep(
@@ -89,6 +94,7 @@ def apply_plan(
     version_table_schema: str | None,
     on_step: StepCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_start: StartCallback | None = None,
     explain: Callable[[BaseException], str | None] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> Applied:
@@ -104,6 +110,7 @@ def apply_plan(
         on_step: called after each revision has committed.
         should_stop: asked before each revision; True ends the run early
             (a graceful shutdown), keeping what has committed.
+        on_start: called with (revision, direction) before each revision runs.
         explain: adds the database's reading of a failure (e.g. which
             safety timeout fired) to the message.
         clock: a monotonic clock, for durations.
@@ -118,7 +125,7 @@ def apply_plan(
     """
     if plan.kind not in (PlanKind.UPGRADE, PlanKind.DOWNGRADE):
         return Applied((), stopped=False)
-    run = _Run(on_step, clock, should_stop)
+    run = _Run(on_step, clock, should_stop, on_start)
     config = scripts.config
     config.attributes["connection"] = connection
     environment = _environment(

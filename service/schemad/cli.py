@@ -329,7 +329,8 @@ def cmd_history(app: App, args: argparse.Namespace) -> int:
         app.out.write(f"no history in {history.name}\n")
         return EXIT_OK
     for row in rows:
-        when = row.finished_at.isoformat(timespec="seconds") if row.finished_at else "-"
+        stamp = row.finished_at or row.started_at
+        when = stamp.isoformat(timespec="seconds") if stamp else "-"
         took = f"{row.duration_seconds:.3f}s" if row.duration_seconds is not None else "-"
         who = row.pod_name or row.hostname or "-"
         image = f" {row.image}" if row.image else ""

@@ -214,6 +214,22 @@ class Database:
             raise self._unavailable(exc) from exc
         return unsupported
 
+    @property
+    def transactional_ddl(self) -> bool:
+        """Whether a failed revision's DDL rolls back (not on MySQL/MariaDB)."""
+        return self.backend not in ("mysql", "mariadb")
+
+    def explain_failure(self, exc: BaseException) -> str | None:
+        """What a revision's failure means here, beyond the driver's message."""
+        timeout = self.explain_timeout(exc)
+        if self.transactional_ddl:
+            return timeout
+        partial = (
+            "this database cannot roll DDL back, so statements of the revision that "
+            "ran before the failure stay applied: check the schema before running again"
+        )
+        return f"{timeout}; {partial}" if timeout else partial
+
     @staticmethod
     def explain_timeout(exc: BaseException) -> str | None:
         """Name the DDL safety timeout behind a failure, if one caused it."""

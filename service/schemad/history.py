@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import SQLAlchemyError
 
 from schemad import __version__
@@ -29,6 +30,8 @@ from schemad.errors import DatabaseUnavailableError
 from schemad.settings import IdentitySettings
 
 ERROR_MAX_CHARS = 2000
+# MySQL/MariaDB DATETIME keeps whole seconds unless told otherwise.
+_TIMESTAMP = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 
 def describe_identity(identity: IdentitySettings, hostname: str) -> str:
@@ -83,8 +86,8 @@ def history_table(name: str, schema: str | None, metadata: sa.MetaData) -> sa.Ta
         sa.Column("parents", text),
         sa.Column("direction", sa.String(16), nullable=False),
         sa.Column("outcome", sa.String(16), nullable=False),
-        sa.Column("started_at", sa.DateTime(timezone=True)),
-        sa.Column("finished_at", sa.DateTime(timezone=True)),
+        sa.Column("started_at", _TIMESTAMP),
+        sa.Column("finished_at", _TIMESTAMP),
         sa.Column("duration_seconds", sa.Float),
         sa.Column("error", sa.Text),
         sa.Column("checksum", sa.String(64)),
@@ -161,6 +164,31 @@ class History:
         """
         if not rows:
             return
+        with self.database.engine.begin() as conn:
+            conn.execute(self.table.insert(), [self._values(row) for row in rows])
+
+    def start(self, row: Mapping[str, Any]) -> int:
+        """Insert a row with outcome "started"; return its id for :meth:`finish`.
+
+        Raises:
+            SQLAlchemyError: the write failed (callers log and count it).
+        """
+        with self.database.engine.begin() as conn:
+            result = conn.execute(self.table.insert(), self._values({**row, "outcome": "started"}))
+            key: Any = result.inserted_primary_key
+            return int(key[0])
+
+    def finish(self, row_id: int, row: Mapping[str, Any]) -> None:
+        """Complete a started row in place (outcome, times, error, ...).
+
+        Raises:
+            SQLAlchemyError: the write failed (callers log and count it).
+        """
+        values = self._values(row)
+        with self.database.engine.begin() as conn:
+            conn.execute(self.table.update().where(self.table.c.id == row_id).values(values))
+
+    def _values(self, row: Mapping[str, Any]) -> dict[str, Any]:
         self.ensure_table()
         stamp = {
             "schemad_version": __version__,
@@ -172,16 +200,12 @@ class History:
             "chart_version": self.identity.helm_chart,
             "app_version": self.identity.app_version,
         }
-        values = []
-        for row in rows:
-            value = {**stamp, **row}
-            value["parents"] = ",".join(row.get("parents", ()))
-            error = value.get("error")
-            if error:
-                value["error"] = self.database.redact(str(error))[:ERROR_MAX_CHARS]
-            values.append(value)
-        with self.database.engine.begin() as conn:
-            conn.execute(self.table.insert(), values)
+        value = {**stamp, **row}
+        value["parents"] = ",".join(row.get("parents", ()))
+        error = value.get("error")
+        if error:
+            value["error"] = self.database.redact(str(error))[:ERROR_MAX_CHARS]
+        return value
 
     def rows(
         self,
@@ -199,7 +223,9 @@ class History:
         if revision is not None:
             query = query.where(self.table.c.revision == revision)
         if since is not None:
-            query = query.where(self.table.c.finished_at >= since)
+            # SQLite and MySQL store the UTC wall time and drop any offset they are given.
+            utc = since.astimezone(UTC) if since.tzinfo else since
+            query = query.where(self.table.c.finished_at >= utc)
         if limit is not None:
             query = query.limit(limit)
         try:
@@ -213,6 +239,17 @@ class History:
                 f"{self.database.redact(str(getattr(exc, 'orig', exc)))}"
             ) from exc
         return [_row(mapping) for mapping in result]
+
+    def interrupted(self) -> set[str]:
+        """Revisions whose last row says "started": cut off while being applied.
+
+        Raises:
+            DatabaseUnavailableError: the table exists but cannot be read.
+        """
+        last: dict[str, str] = {}
+        for row in reversed(self.rows()):
+            last[row.revision] = row.outcome
+        return {revision for revision, outcome in last.items() if outcome == "started"}
 
     def summary(self) -> tuple[dict[str, str], dict[str, AppliedRecord]]:
         """Per revision: the checksum it was last applied or adopted with, and

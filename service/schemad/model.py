@@ -80,6 +80,7 @@ class RefusalReason(enum.StrEnum):
     DIVERGED = "diverged"
     INCONSISTENT_VERSION_TABLE = "inconsistent_version_table"
     TAMPERED = "tampered"
+    INTERRUPTED_REVISION = "interrupted_revision"
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ def make_plan(
     target: Target,
     policy: Policy,
     tampered: Collection[str] = (),
+    interrupted: Collection[str] = (),
 ) -> Plan:
     """Decide what moves the database from ``state`` to ``target``.
 
@@ -67,6 +68,9 @@ def make_plan(
         plan = _downgrade(graph, current, wanted, have - want, policy)
     else:
         return _diverged(current, wanted, target)
+    half_applied = [step.revision for step in plan.steps if step.revision in interrupted]
+    if half_applied and plan.has_work:
+        return _interrupted(plan, half_applied)
     if tampered and policy.block_on_tamper and plan.has_work:
         return _tampered(plan, tampered)
     return plan
@@ -220,6 +224,26 @@ def _diverged(current: tuple[str, ...], wanted: tuple[str, ...], target: Target)
             f"target '{target.spec}' ({_fmt(wanted)}); set SCHEMAD_TARGET_REVISION "
             "to 'heads' or to a revision that descends from the database's"
         ),
+    )
+
+
+def _interrupted(plan: Plan, revisions: list[str]) -> Plan:
+    first = revisions[0]
+    return Plan(
+        PlanKind.REFUSED,
+        plan.current,
+        plan.target,
+        plan.steps,
+        reason=RefusalReason.INTERRUPTED_REVISION,
+        message=(
+            f"revision {first} was interrupted while being applied, and this database "
+            "cannot roll DDL back: some of its changes may be in place although the "
+            f"version table still says {_fmt(plan.current)}. Compare the schema with "
+            f"{first}'s upgrade(); then either finish it by hand and run `alembic stamp "
+            f"{first}`, or undo its partial changes and set "
+            f"SCHEMAD_RETRY_INTERRUPTED={first} to apply it again"
+        ),
+        schema_ready=plan.schema_ready,
     )
 
 

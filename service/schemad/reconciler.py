@@ -93,6 +93,7 @@ class _Pass:
     newer: tuple[NewerRevision, ...] = ()
     history_write_failures: int = 0
     run_id: str = ""
+    started_rows: dict[str, int] = field(default_factory=dict)
 
 
 class Reconciler:
@@ -178,12 +179,33 @@ class Reconciler:
             self.policy,
             tampered=[t.revision for t in tampered],
         )
+        interrupted = self._interrupted() if plan.has_work else set()
+        if interrupted:
+            plan = make_plan(
+                scripts.graph,
+                state,
+                target,
+                self.policy,
+                tampered=[t.revision for t in tampered],
+                interrupted=interrupted,
+            )
         newer: tuple[NewerRevision, ...] = ()
         if plan.reason is RefusalReason.UNKNOWN_REVISION or plan.kind is PlanKind.AHEAD:
             newer, hint = self._newer(scripts, state)
             if hint:
                 plan = replace(plan, message=f"{plan.message}. {hint}")
         return Inspection(state, target, plan, tampered, newer)
+
+    def _interrupted(self) -> set[str]:
+        """Revisions cut off half-way where DDL is not transactional."""
+        if self.history is None or self.database.transactional_ddl:
+            return set()
+        try:
+            found = self.history.interrupted()
+        except DatabaseUnavailableError as exc:
+            self._log.warning("history_unreadable", error=exc.message)
+            return set()
+        return found - {self.settings.retry_interrupted}
 
     def _tampered(
         self, scripts: Scripts, state: DbState, *, adopt: bool, progress: _Pass | None = None
@@ -250,12 +272,20 @@ class Reconciler:
         try:
             self.history.write([{**row, "run_id": run_id} for row in rows])
         except (SQLAlchemyError, SchemadError) as exc:
-            message = exc.message if isinstance(exc, SchemadError) else str(exc)
-            self._log.error("history_write_failed", error=self.database.redact(message))
-            if progress is not None:
-                progress.history_write_failures += len(rows)
+            self._history_failed(exc, progress, len(rows))
             return False
         return True
+
+    def _history_failed(
+        self, exc: SQLAlchemyError | SchemadError, progress: _Pass | None, rows: int
+    ) -> None:
+        if isinstance(exc, SchemadError):
+            message = exc.message
+        else:  # the driver's first line: the full statement adds nothing
+            message = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        self._log.error("history_write_failed", error=self.database.redact(message))
+        if progress is not None:
+            progress.history_write_failures += rows
 
     def check_drift(self) -> DriftReport:
         """Compare the live schema with what its revision(s) should produce.
@@ -360,7 +390,8 @@ class Reconciler:
                 version_table_schema=self.settings.version_table_schema,
                 on_step=self._step_done(progress),
                 should_stop=self._should_stop,
-                explain=self.database.explain_timeout,
+                on_start=self._step_started(progress),
+                explain=self.database.explain_failure,
                 clock=self._clock,
             )
         except MigrationFailedError as exc:
@@ -399,48 +430,35 @@ class Reconciler:
             return ()
 
     def _record_failure(self, exc: MigrationFailedError, progress: _Pass) -> None:
-        scripts = self.scripts()
-        known = scripts.graph.revisions.get(exc.revision or "")
-        finished = now()
-        duration = exc.duration_seconds
-        self._write_history(
-            [
-                {
-                    "revision": exc.revision,
-                    "parents": known.parents if known else (),
-                    "direction": exc.direction or "upgrade",
-                    "outcome": "failed",
-                    "started_at": finished - timedelta(seconds=duration or 0),
-                    "finished_at": finished,
-                    "duration_seconds": duration,
-                    "error": exc.message,
-                    "checksum": scripts.checksums.get(exc.revision or ""),
-                }
-            ],
-            progress,
+        row = self._history_row(
+            exc.revision or "",
+            exc.direction or "upgrade",
+            "failed",
+            exc.duration_seconds,
+            error=exc.message,
         )
+        self._save_history(row, progress)
+
+    def _step_started(self, progress: _Pass) -> Callable[[str, str], None] | None:
+        # Only where DDL is not transactional: there a revision cut off half-way
+        # may have left changes behind, and this row is how the next pass knows.
+        if self.history is None or self.database.transactional_ddl:
+            return None
+
+        def mark(revision: str, direction: str) -> None:
+            row = self._history_row(revision, direction, "started", None)
+            try:
+                progress.started_rows[revision] = self.history.start(row)  # type: ignore[union-attr]
+            except (SQLAlchemyError, SchemadError) as exc:
+                self._history_failed(exc, progress, 1)
+
+        return mark
 
     def _step_done(self, progress: _Pass) -> Callable[[AppliedStep], None]:
         def record(step: AppliedStep) -> None:
             progress.applied.append(step)
-            scripts = self.scripts()
-            known = scripts.graph.revisions.get(step.revision)
-            finished = now()
-            self._write_history(
-                [
-                    {
-                        "revision": step.revision,
-                        "parents": known.parents if known else (),
-                        "direction": step.direction,
-                        "outcome": "applied",
-                        "started_at": finished - timedelta(seconds=step.duration_seconds),
-                        "finished_at": finished,
-                        "duration_seconds": step.duration_seconds,
-                        "checksum": scripts.checksums.get(step.revision),
-                    }
-                ],
-                progress,
-            )
+            row = self._history_row(step.revision, step.direction, "applied", step.duration_seconds)
+            self._save_history(row, progress)
             self._log.info(
                 "migration_applied",
                 revision=step.revision,
@@ -450,6 +468,41 @@ class Reconciler:
             )
 
         return record
+
+    def _history_row(
+        self,
+        revision: str,
+        direction: str,
+        outcome: str,
+        duration: float | None,
+        *,
+        error: str | None = None,
+    ) -> dict[str, Any]:
+        scripts = self.scripts()
+        known = scripts.graph.revisions.get(revision)
+        finished = now()
+        return {
+            "revision": revision,
+            "parents": known.parents if known else (),
+            "direction": direction,
+            "outcome": outcome,
+            "started_at": finished - timedelta(seconds=duration or 0),
+            "finished_at": None if outcome == "started" else finished,
+            "duration_seconds": duration,
+            "error": error,
+            "checksum": scripts.checksums.get(revision),
+            "run_id": structlog.contextvars.get_contextvars().get("run_id"),
+        }
+
+    def _save_history(self, row: dict[str, Any], progress: _Pass) -> None:
+        started = progress.started_rows.pop(row["revision"], None)
+        if started is None or self.history is None:
+            self._write_history([row], progress)
+            return
+        try:
+            self.history.finish(started, row)
+        except (SQLAlchemyError, SchemadError) as exc:
+            self._history_failed(exc, progress, 1)
 
     def _lock_waiting(self, progress: _Pass) -> Callable[[LockHolder | None, float], None]:
         def waiting(holder: LockHolder | None, waited: float) -> None:

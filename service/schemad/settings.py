@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     """Name of the history table (in the version table's schema)."""
     on_tamper: Literal["warn", "block"] = "warn"
     """When an applied revision's file changed: warn, or also block upgrades."""
+    retry_interrupted: str | None = None
+    """A revision cut off half-way on MySQL/MariaDB, cleaned up by hand: apply it again."""
     drift_interval_seconds: Seconds | None = None
     """`schemad run`: compare the live schema with the expected one this often (off)."""
     lock_wait_seconds: Seconds = 300.0

@@ -404,3 +404,34 @@ def test_pure_modules_import_only_the_standard_library(module: str) -> None:
     """The pure core imports nothing but the standard library and other pure modules."""
     imports = _imports(PACKAGE / module)
     assert sorted(name for name in imports if not _is_allowed(name)) == []
+
+
+def test_tampered_revision_blocks_an_upgrade_when_policy_says_block() -> None:
+    """With block_on_tamper, pending work is refused while an applied file changed."""
+    plan = make_plan(LINEAR, at("a"), target("head", "c"), Policy(block_on_tamper=True), ["a"])
+    assert (plan.kind, plan.reason) == (PlanKind.REFUSED, RefusalReason.TAMPERED)
+
+
+def test_tampered_revision_only_warns_by_default() -> None:
+    """Without block_on_tamper, a tampered file does not stop the upgrade."""
+    plan = make_plan(LINEAR, at("a"), target("head", "c"), STRICT, tampered=["a"])
+    assert (plan.kind, plan.steps) == (PlanKind.UPGRADE, steps("b", "c"))
+
+
+def test_interrupted_pending_revision_is_refused_with_recovery_advice() -> None:
+    """A revision cut off half-way (non-transactional DDL) is not silently re-run."""
+    plan = make_plan(LINEAR, at("a"), target("head", "c"), STRICT, interrupted={"b"})
+    expected = (PlanKind.REFUSED, RefusalReason.INTERRUPTED_REVISION, True, True)
+    actual = (
+        plan.kind,
+        plan.reason,
+        "alembic stamp b" in plan.message,
+        "SCHEMAD_RETRY_INTERRUPTED=b" in plan.message,
+    )
+    assert actual == expected
+
+
+def test_interrupted_revision_already_applied_is_ignored() -> None:
+    """A "started" mark for a revision the version table already has blocks nothing."""
+    plan = make_plan(LINEAR, at("b"), target("head", "c"), STRICT, interrupted={"b"})
+    assert (plan.kind, plan.steps) == (PlanKind.UPGRADE, steps("c"))

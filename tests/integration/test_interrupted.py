@@ -1,0 +1,75 @@
+"""A revision cut off half-way on MariaDB (no transactional DDL) is never
+silently re-run: the next pass refuses until a human says how to recover."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from schemad.cli import App
+from schemad.model import Outcome, RefusalReason
+from schemad.settings import load_settings
+from support.scripts import linear_project
+
+pytestmark = pytest.mark.mariadb
+
+
+def _app(monkeypatch: pytest.MonkeyPatch, url: str, project: Path, **env: str) -> App:
+    for key in [k for k in os.environ if k.startswith("SCHEMAD_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("SCHEMAD_DATABASE_URL", url)
+    monkeypatch.setenv("SCHEMAD_SCRIPT_LOCATION", str(project))
+    for key, value in env.items():
+        monkeypatch.setenv(f"SCHEMAD_{key.upper()}", value)
+    return App.build(load_settings(), io.StringIO())
+
+
+def _interrupt(app: App, revision: str) -> None:
+    """Leave a "started" history row, as a SIGKILL mid-revision does."""
+    assert app.reconciler.history is not None
+    app.reconciler.history.start(
+        {"revision": revision, "direction": "upgrade", "parents": ("r0001",)}
+    )
+
+
+def test_interrupted_revision_is_refused(
+    monkeypatch: pytest.MonkeyPatch, mariadb_url: str, tmp_path: Path
+) -> None:
+    """The next pass refuses with reason interrupted_revision and exit 65."""
+    project = tmp_path / "migrations"
+    linear_project(project, 3)
+    app = _app(monkeypatch, mariadb_url, project, target_revision="r0001")
+    assert app.reconciler.reconcile_once().outcome is Outcome.APPLIED
+    _interrupt(app, "r0002")
+
+    result = _app(monkeypatch, mariadb_url, project).reconciler.reconcile_once()
+
+    assert result.plan is not None
+    expected = (Outcome.REFUSED, 65, RefusalReason.INTERRUPTED_REVISION, ("r0001",))
+    assert (result.outcome, result.exit_code, result.plan.reason, result.heads_after) == expected
+    assert result.error is not None
+    assert "revision r0002 was interrupted" in result.error
+
+
+def test_retry_interrupted_applies_it_again(
+    monkeypatch: pytest.MonkeyPatch, mariadb_url: str, tmp_path: Path
+) -> None:
+    """SCHEMAD_RETRY_INTERRUPTED names the revision a human cleaned up: it runs again."""
+    project = tmp_path / "migrations"
+    linear_project(project, 3)
+    app = _app(monkeypatch, mariadb_url, project, target_revision="r0001")
+    app.reconciler.reconcile_once()
+    _interrupt(app, "r0002")
+
+    retry = _app(monkeypatch, mariadb_url, project, retry_interrupted="r0002")
+    result = retry.reconciler.reconcile_once()
+    again = _app(monkeypatch, mariadb_url, project).reconciler.reconcile_once()
+
+    assert (result.outcome, result.heads_after, again.outcome) == (
+        Outcome.APPLIED,
+        ("r0003",),
+        Outcome.IN_SYNC,
+    )
