@@ -158,12 +158,16 @@ class Reconciler:
         self._scripts = loaded
         return loaded
 
-    def inspect(self, *, adopt: bool = False) -> Inspection:
+    def inspect(self, *, adopt: bool = False, locked: bool = False) -> Inspection:
         """Read the version table (and history) and plan, without the lock.
 
         Args:
             adopt: record checksums of applied revisions the history has not
                 seen yet (a pass does; read-only commands do not).
+            locked: the caller holds the migration lock, so a revision the
+                history shows as started but not finished is not being
+                applied by anyone: it was interrupted. Without the lock it
+                may simply be in progress elsewhere.
 
         Raises:
             ScriptError, DatabaseUnavailableError: as their names say.
@@ -179,7 +183,7 @@ class Reconciler:
             self.policy,
             tampered=[t.revision for t in tampered],
         )
-        interrupted = self._interrupted() if plan.has_work else set()
+        interrupted = self._interrupted() if locked and plan.has_work else set()
         if interrupted:
             plan = make_plan(
                 scripts.graph,
@@ -365,7 +369,7 @@ class Reconciler:
 
     def _apply_under_lock(self, progress: _Pass) -> Outcome:
         # Someone may have migrated while we waited: plan again.
-        inspection = self.inspect()
+        inspection = self.inspect(locked=True)
         self._tampered(self.scripts(), inspection.state, adopt=True, progress=progress)
         progress.tampered, progress.newer = inspection.tampered, inspection.newer
         progress.plan = inspection.plan
