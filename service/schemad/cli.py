@@ -114,33 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"schemad {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser(
+    _command(
+        commands,
         "upgrade",
-        help="one pass: lock, apply what is pending, exit 0 at the target (Jobs, init containers)",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "one pass: lock, apply what is pending, exit 0 at the target (Jobs, init containers)",
     )
-    status = commands.add_parser(
-        "status",
-        help="current and target revision, pending revisions, lock state",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    status = _command(
+        commands, "status", "current and target revision, pending revisions, lock state"
     )
     status.add_argument("--json", action="store_true", help="print JSON")
-    plan = commands.add_parser(
-        "plan",
-        help="what upgrade would do, changing nothing",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    plan = _command(commands, "plan", "what upgrade would do, changing nothing")
     output = plan.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON")
     output.add_argument("--sql", action="store_true", help="print the SQL (offline mode)")
-    history = commands.add_parser(
+    history = _command(
+        commands,
         "history",
-        help="schemad's audit history of applied, reverted, failed and adopted revisions",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "schemad's audit history of applied, reverted, failed and adopted revisions",
     )
     history.add_argument("--json", action="store_true", help="print JSON")
     history.add_argument("--revision", help="only this revision")
@@ -148,30 +138,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--since", type=_timestamp, help="only rows finished at or after this ISO 8601 time"
     )
     history.add_argument("--limit", type=_positive, default=50, help="at most N rows (50)")
-    drift = commands.add_parser(
+    drift = _command(
+        commands,
         "drift",
-        help="compare the live schema with what its revision should be (exit 4 on drift)",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "compare the live schema with what its revision should be (exit 4 on drift)",
     )
     drift.add_argument("--json", action="store_true", help="print JSON")
-    commands.add_parser(
-        "run",
-        help="daemon: reconcile on a schedule, serve /metrics /healthz /readyz /status",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    _command(
+        commands, "run", "daemon: reconcile on a schedule, serve /metrics /healthz /readyz /status"
     )
     commands.add_parser(
         "health",
         help="exit 0 when the local daemon answers /healthz with 200 (container HEALTHCHECK)",
     )
-    commands.add_parser(
+    _command(
+        commands,
         "wait",
-        help="block until the database is at (or past) the target; someone else migrates",
+        "block until the database is at (or past) the target; someone else migrates",
+    )
+    return parser
+
+
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str
+) -> argparse.ArgumentParser:
+    return commands.add_parser(
+        name,
+        help=help,
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    return parser
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
