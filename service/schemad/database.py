@@ -206,13 +206,41 @@ class Database:
             lock_timeout_seconds,
             statement_timeout_seconds,
         )
-        try:
-            for sql, params in statements:
-                conn.execute(sa.text(sql), params)
-            conn.commit()
-        except SQLAlchemyError as exc:
-            raise self._unavailable(exc) from exc
+        with self.deadline(conn) as watchdog:
+            try:
+                for sql, params in statements:
+                    conn.execute(sa.text(sql), params)
+                conn.commit()
+            except SQLAlchemyError as exc:
+                if watchdog.fired:
+                    raise self._no_answer(exc) from exc
+                raise self._unavailable(exc) from exc
         return unsupported
+
+    @contextmanager
+    def statement_guard(
+        self, conn: Connection, statement_timeout_seconds: float | None
+    ) -> Iterator[StatementGuard]:
+        """Bound every statement on the migration connection, client-side.
+
+        The server's statement timeout cannot fire for a statement that never
+        reached it (a blackholed network behind a proxy that still acknowledges
+        TCP). With a statement timeout set, each statement gets a watchdog of
+        that timeout plus the connect timeout; without one, a revision may take
+        as long as it takes and nothing is bounded.
+        """
+        guard = StatementGuard(conn, statement_timeout_seconds, self.connect_timeout_seconds)
+        if statement_timeout_seconds is None:
+            yield guard
+            return
+        event.listen(conn, "before_cursor_execute", guard.before)
+        event.listen(conn, "after_cursor_execute", guard.after)
+        try:
+            yield guard
+        finally:
+            guard.disarm()
+            event.remove(conn, "before_cursor_execute", guard.before)
+            event.remove(conn, "after_cursor_execute", guard.after)
 
     @property
     def transactional_ddl(self) -> bool:
@@ -346,6 +374,41 @@ class Database:
         text = str(orig).strip().splitlines()
         first = text[0] if text else type(orig).__name__
         return self.redact(f"{type(orig).__name__}: {first}")
+
+
+class StatementGuard:
+    """One watchdog per statement on the migration connection."""
+
+    def __init__(
+        self, conn: Connection, statement_seconds: float | None, connect_seconds: float
+    ) -> None:
+        self.conn = conn
+        self.bound_seconds = (statement_seconds or 0.0) + connect_seconds
+        self.fired = False
+        self._current: _Watchdog | None = None
+
+    def before(self, *_args: Any) -> None:
+        # A statement that raised never reached after(): disarm its watchdog here.
+        self.disarm()
+        self._current = _Watchdog(self.conn, self.bound_seconds).__enter__()
+
+    def after(self, *_args: Any) -> None:
+        self.disarm()
+
+    def disarm(self) -> None:
+        current, self._current = self._current, None
+        if current is not None:
+            current.__exit__()
+            self.fired = self.fired or current.fired
+
+    def explain(self) -> str | None:
+        if not self.fired:
+            return None
+        return (
+            f"the database did not answer a statement within {self.bound_seconds:g}s "
+            "(SCHEMAD_STATEMENT_TIMEOUT_SECONDS + SCHEMAD_CONNECT_TIMEOUT_SECONDS); is "
+            "the network, or a proxy in front of the database, dropping traffic?"
+        )
 
 
 class _Watchdog:

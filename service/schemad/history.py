@@ -14,7 +14,8 @@ and counted, never raised.
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -129,7 +130,7 @@ class History:
         if self._ready:
             return
         try:
-            with self.database.engine.connect() as conn:
+            with self._session() as conn:
                 inspector = sa.inspect(conn)
                 if not inspector.has_table(self.table.name, schema=self.table.schema):
                     self.table.create(conn, checkfirst=True)
@@ -164,8 +165,10 @@ class History:
         """
         if not rows:
             return
-        with self.database.engine.begin() as conn:
-            conn.execute(self.table.insert(), [self._values(row) for row in rows])
+        values = [self._values(row) for row in rows]
+        with self._session() as conn:
+            conn.execute(self.table.insert(), values)
+            conn.commit()
 
     def start(self, row: Mapping[str, Any]) -> int:
         """Insert a row with outcome "started"; return its id for :meth:`finish`.
@@ -173,9 +176,11 @@ class History:
         Raises:
             SQLAlchemyError: the write failed (callers log and count it).
         """
-        with self.database.engine.begin() as conn:
-            result = conn.execute(self.table.insert(), self._values({**row, "outcome": "started"}))
+        values = self._values({**row, "outcome": "started"})
+        with self._session() as conn:
+            result = conn.execute(self.table.insert(), values)
             key: Any = result.inserted_primary_key
+            conn.commit()
             return int(key[0])
 
     def finish(self, row_id: int, row: Mapping[str, Any]) -> None:
@@ -185,8 +190,16 @@ class History:
             SQLAlchemyError: the write failed (callers log and count it).
         """
         values = self._values(row)
-        with self.database.engine.begin() as conn:
+        with self._session() as conn:
             conn.execute(self.table.update().where(self.table.c.id == row_id).values(values))
+            conn.commit()
+
+    @contextmanager
+    def _session(self) -> Iterator[sa.Connection]:
+        # Bounded like every short exchange: a silent network must not hang a
+        # pass in its bookkeeping.
+        with self.database.connect() as conn, self.database.deadline(conn):
+            yield conn
 
     def _values(self, row: Mapping[str, Any]) -> dict[str, Any]:
         self.ensure_table()
@@ -229,7 +242,7 @@ class History:
         if limit is not None:
             query = query.limit(limit)
         try:
-            with self.database.engine.connect() as conn:
+            with self._session() as conn:
                 if not sa.inspect(conn).has_table(self.table.name, schema=self.table.schema):
                     return []
                 result = conn.execute(query).mappings().all()

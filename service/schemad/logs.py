@@ -90,9 +90,11 @@ def configure(
     quiet = level != "debug"
     for chatty in ("sqlalchemy.engine", "apscheduler"):
         logging.getLogger(chatty).setLevel(logging.WARNING if quiet else logging.DEBUG)
-    # "skipped: maximum number of running instances reached" is the intended
-    # coalescing of a late pass, not a warning; real job errors stay visible.
-    logging.getLogger("apscheduler.executors").setLevel(logging.ERROR if quiet else logging.DEBUG)
+    # "skipped: maximum number of running instances reached" (the scheduler's
+    # logger) and "run time ... was missed" (the executors') are the intended
+    # coalescing of a late pass, not warnings; real job errors stay visible.
+    for coalescing in ("apscheduler.scheduler", "apscheduler.executors"):
+        logging.getLogger(coalescing).setLevel(logging.ERROR if quiet else logging.DEBUG)
 
 
 @contextmanager

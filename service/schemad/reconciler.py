@@ -20,9 +20,9 @@ from alembic.config import Config
 from sqlalchemy.exc import SQLAlchemyError
 
 from schemad import logs
-from schemad.applier import apply_plan
+from schemad.applier import Applied, apply_plan
 from schemad.audit import explain_newer, find_tampered, newer_revisions, to_adopt
-from schemad.database import Database
+from schemad.database import Database, StatementGuard
 from schemad.drift import DriftChecker, DriftReport
 from schemad.errors import (
     ConfigError,
@@ -377,6 +377,8 @@ class Reconciler:
         if not inspection.plan.has_work:
             return _OUTCOME_OF_PLAN[inspection.plan.kind]
         connection = self.database.migration_connection()
+        guard = self.database.statement_guard(connection, self.settings.statement_timeout_seconds)
+        watchdogs: StatementGuard | None = None
         try:
             unsupported = self.database.apply_session_timeouts(
                 connection,
@@ -385,23 +387,15 @@ class Reconciler:
             )
             for setting in unsupported:
                 self._log.warning("timeout_unsupported", setting=setting)
-            applied = apply_plan(
-                self.scripts(),
-                connection,
-                inspection.plan,
-                self.settings.target_revision,
-                version_table=self.settings.version_table,
-                version_table_schema=self.settings.version_table_schema,
-                on_step=self._step_done(progress),
-                should_stop=self._should_stop,
-                on_start=self._step_started(progress),
-                explain=self.database.explain_failure,
-                clock=self._clock,
-            )
+            with guard as watchdogs:
+                applied = self._apply(inspection.plan, connection, progress, watchdogs)
         except MigrationFailedError as exc:
-            progress.heads_after = self._heads_or_unknown()
-            if exc.revision is not None:
-                self._record_failure(exc, progress)
+            # When the database stopped answering, more round trips would only
+            # each wait out their own timeout: report what we know and go.
+            if not (watchdogs and watchdogs.fired):
+                progress.heads_after = self._heads_or_unknown()
+                if exc.revision is not None:
+                    self._record_failure(exc, progress)
             raise
         finally:
             connection.close()
@@ -414,6 +408,26 @@ class Reconciler:
             )
             return Outcome.INTERRUPTED
         return self._verify(progress, inspection.target)
+
+    def _apply(
+        self, plan: Plan, connection: Any, progress: _Pass, watchdogs: StatementGuard
+    ) -> Applied:
+        def explain(exc: BaseException) -> str | None:
+            return watchdogs.explain() or self.database.explain_failure(exc)
+
+        return apply_plan(
+            self.scripts(),
+            connection,
+            plan,
+            self.settings.target_revision,
+            version_table=self.settings.version_table,
+            version_table_schema=self.settings.version_table_schema,
+            on_step=self._step_done(progress),
+            should_stop=self._should_stop,
+            on_start=self._step_started(progress),
+            explain=explain,
+            clock=self._clock,
+        )
 
     def _verify(self, progress: _Pass, target: Target) -> Outcome:
         after = self.database.read_state()
