@@ -45,5 +45,11 @@ lint: $(VENV)/.test-installed
 typecheck: $(VENV)/.test-installed
 	$(BIN)/mypy
 
+## bench: schemad vs `alembic upgrade head` vs the raw-SQL floor, on SQLite and the
+##        local PostgreSQL and MariaDB; prints every issue-6 target (full: 10-20
+##        minutes; QUICK=1: the smoke run; BENCH_ARGS="--backends sqlite ..." narrows it)
+bench: $(VENV)/.installed
+	$(BIN)/python -m bench $(if $(filter 1 yes true,$(QUICK)),--quick) $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .schemad .pytest_cache .mypy_cache .ruff_cache

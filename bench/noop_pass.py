@@ -1,7 +1,8 @@
 """Benchmark: the cost of a no-op reconcile pass inside the running daemon.
 
-For linear histories of N = 10, 100, 1000 trivial revisions, already at head,
-it measures in the same run and on the same database:
+For linear histories of N = 10, 100, 1000 trivial revisions (bench/histories.py),
+already at head (the version table stamped with the head), it measures in the
+same run and on the same database:
 
 - floor:   Alembic's ``MigrationContext.get_current_revision()`` on an open
            connection (one query, nothing else);
@@ -11,7 +12,10 @@ it measures in the same run and on the same database:
 
 It prints medians and ratios; it asserts nothing (these machines are noisy).
 
-    python bench/noop_pass.py [--quick] [--backend sqlite|postgresql|both]
+    python bench/noop_pass.py [--quick] [--backend sqlite|postgresql|mariadb|both|all]
+
+(``both`` is SQLite and PostgreSQL.) ``python -m bench`` runs this measurement
+too, as its "daemon no-op" case.
 """
 
 from __future__ import annotations
@@ -24,9 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -34,15 +36,22 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+if __package__ in (None, ""):  # run as a script: python bench/noop_pass.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from schemad import logs  # noqa: E402
-from schemad.cli import App  # noqa: E402
-from schemad.settings import Settings  # noqa: E402
-from support.scripts import linear_project  # noqa: E402
+from bench.databases import fresh_database, stamp_head
+from bench.histories import write_project
+from schemad import logs
+from schemad.cli import App
+from schemad.settings import Settings
 
-POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+BACKEND_CHOICES = {
+    "sqlite": ("sqlite",),
+    "postgresql": ("postgresql",),
+    "mariadb": ("mariadb",),
+    "both": ("sqlite", "postgresql"),
+    "all": ("sqlite", "postgresql", "mariadb"),
+}
 
 
 def median_ms(fn: Callable[[], object], repeat: int) -> float:
@@ -55,27 +64,14 @@ def median_ms(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(samples) * 1000
 
 
-@contextmanager
-def database(backend: str, workdir: Path) -> Iterator[str]:
-    if backend == "sqlite":
-        yield f"sqlite:///{workdir / 'bench.db'}"
-        return
-    name = f"schemad_bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.dispose()
-
-
 def measure(backend: str, count: int, repeat: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp, database(backend, Path(tmp)) as url:
+    """Median milliseconds of the floor, Alembic's and schemad's no-op."""
+    quiet_logs()
+    with tempfile.TemporaryDirectory() as tmp, fresh_database(backend, Path(tmp)) as db:
+        url = db.url
         project = Path(tmp) / "migrations"
-        linear_project(project, count)
+        history = write_project(project, "linear", count)
+        stamp_head(url, history.head)
         # As in an image built earlier: files older than the settle window.
         past = time.time() - 60
         for directory in (project, project / "versions"):
@@ -101,16 +97,20 @@ def measure(backend: str, count: int, repeat: int) -> dict[str, float]:
     return {"floor": floor, "alembic": alembic, "schemad": schemad}
 
 
+def quiet_logs() -> None:
+    """schemad's logging into a sink: the passes measured here log every time."""
+    logs.configure("json", "warning", stream=io.StringIO())
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="N=10 and 100, few repeats")
-    parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--backend", choices=sorted(BACKEND_CHOICES), default="both")
     args = parser.parse_args()
-    logs.configure("json", "warning", stream=io.StringIO())
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     sizes = (10, 100) if args.quick else (10, 100, 1000)
     repeat = 10 if args.quick else 50
-    backends = ("sqlite", "postgresql") if args.backend == "both" else (args.backend,)
+    backends = BACKEND_CHOICES[args.backend]
     print("no-op pass, median ms (ratios: x the floor; alembic/schemad = how many times faster)")
     print(
         f"{'backend':<11}{'N':>6}{'floor':>9}{'alembic':>10}{'schemad':>10}"
