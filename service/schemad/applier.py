@@ -30,6 +30,9 @@ from schemad.revisions import Scripts
 
 StepCallback = Callable[[AppliedStep], None]
 StartCallback = Callable[[str, str], None]
+# (connection, revision, direction, seconds): inside the revision's transaction,
+# after its version-table update and before its commit.
+InTransactionCallback = Callable[[Connection, str, str, float], None]
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,20 @@ class _Run:
         self.current_started = 0.0
         self.current: MigrationStep | None = None
         self.applied: list[AppliedStep] = []
+
+    def version_applied(self, callback: InTransactionCallback) -> Callable[..., None]:
+        """An Alembic ``on_version_apply`` hook that hands over the step's
+        connection, still inside the step's transaction."""
+
+        def hook(*, ctx: Any, **_kwargs: Any) -> None:
+            step = self.current
+            if step is None:  # pragma: no cover - Alembic calls it inside a step
+                return
+            direction = "upgrade" if step.is_upgrade else "downgrade"
+            elapsed = self.clock() - self.current_started
+            callback(ctx.connection, _revision_of(step), direction, elapsed)
+
+        return hook
 
     def timed(self, steps: Iterable[MigrationStep]) -> Iterator[MigrationStep]:
         # Alembic pulls the next step only after the previous one's
@@ -95,6 +112,7 @@ def apply_plan(
     on_step: StepCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_start: StartCallback | None = None,
+    in_transaction: InTransactionCallback | None = None,
     explain: Callable[[BaseException], str | None] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> Applied:
@@ -111,6 +129,8 @@ def apply_plan(
         should_stop: asked before each revision; True ends the run early
             (a graceful shutdown), keeping what has committed.
         on_start: called with (revision, direction) before each revision runs.
+        in_transaction: called inside each revision's transaction, after its
+            version-table update, so what it writes commits with the revision.
         explain: adds the database's reading of a failure (e.g. which
             safety timeout fired) to the message.
         clock: a monotonic clock, for durations.
@@ -134,6 +154,7 @@ def apply_plan(
         destination_rev=destination,
         version_table=version_table,
         version_table_schema=version_table_schema,
+        on_version_apply=run.version_applied(in_transaction) if in_transaction else None,
     )
     try:
         with environment, logs.preserved():
@@ -227,6 +248,7 @@ def _environment(
     *,
     version_table: str,
     version_table_schema: str | None,
+    on_version_apply: Callable[..., None] | None = None,
     **kwargs: Any,
 ) -> EnvironmentContext:
     """Alembic's EnvironmentContext with schemad's per-revision guarantees.
@@ -250,6 +272,12 @@ def _environment(
                 variable="SCHEMAD_VERSION_TABLE",
             )
         options["transaction_per_migration"] = True
+        if on_version_apply is not None:
+            # After env.py's own callbacks, if it has any.
+            options["on_version_apply"] = (
+                *_as_tuple(options.get("on_version_apply")),
+                on_version_apply,
+            )
         configure(*args, **options)
 
     environment.configure = schemad_configure  # type: ignore[method-assign]
@@ -282,6 +310,12 @@ def _failure(run: _Run, exc: BaseException, explanation: str | None) -> Migratio
         direction="upgrade" if step.is_upgrade else "downgrade",
         duration_seconds=run.clock() - run.current_started,
     )
+
+
+def _as_tuple(value: Any) -> tuple[Any, ...]:
+    if value is None:
+        return ()
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
 def _revision_of(step: MigrationStep) -> str:

@@ -11,15 +11,11 @@ import json
 import os
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 from urllib.parse import quote, quote_plus
-
-from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from schemad import __version__, logs
 from schemad.applier import render_sql
@@ -33,12 +29,9 @@ from schemad.errors import (
     WaitTimeoutError,
 )
 from schemad.history import History
-from schemad.metrics import Metrics
 from schemad.model import LockHolder, Plan, PlanKind, RefusalReason
 from schemad.reconciler import Inspection, Reconciler
 from schemad.revisions import make_config
-from schemad.scheduler import Daemon
-from schemad.server import HttpServer
 from schemad.settings import Settings, load_identity, load_settings, unknown_variables
 
 EXIT_OK = 0
@@ -269,6 +262,15 @@ def cmd_wait(app: App, _args: argparse.Namespace) -> int:
 
 
 def cmd_run(app: App, _args: argparse.Namespace) -> int:
+    # The daemon's parts (APScheduler, prometheus_client, the HTTP server) are
+    # imported here so that one-shot commands, init containers above all, do
+    # not pay for them.
+    from prometheus_client import CollectorRegistry, disable_created_metrics
+
+    from schemad.metrics import Metrics
+    from schemad.scheduler import Daemon
+    from schemad.server import HttpServer
+
     settings = app.settings
     disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
@@ -299,6 +301,9 @@ def cmd_run(app: App, _args: argparse.Namespace) -> int:
 
 
 def cmd_health(settings: Settings) -> int:
+    import urllib.error
+    import urllib.request
+
     host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::", "") else settings.http_host
     url = f"http://{host}:{settings.http_port}/healthz"
     try:

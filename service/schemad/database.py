@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import ipaddress
 import math
 import os
 import socket
@@ -40,6 +41,9 @@ KEEPALIVE_IDLE_SECONDS = 10
 KEEPALIVE_INTERVAL_SECONDS = 5
 KEEPALIVE_COUNT = 3
 TCP_USER_TIMEOUT_SECONDS = 30
+# Query keys through which a URL asks PyMySQL for TLS: ssl_* directly, and
+# read_default_file/read_default_group, whose option file may hold ssl-ca etc.
+_MYSQL_TLS_QUERY_PREFIXES = ("ssl", "read_default")
 WaitCallback = Callable[[LockHolder | None, float], None]
 
 
@@ -483,6 +487,8 @@ def _create_engine(url: URL, connect_timeout_seconds: float) -> Engine:
         }
     elif backend in ("mysql", "mariadb"):
         connect_args = {"connect_timeout": timeout}
+        if _local_pymysql_without_tls_options(url):
+            connect_args["ssl_disabled"] = True
     elif backend == "sqlite":
         connect_args = {"timeout": connect_timeout_seconds}
     try:
@@ -499,6 +505,38 @@ def _create_engine(url: URL, connect_timeout_seconds: float) -> Engine:
     elif backend in ("mysql", "mariadb"):
         _keep_mysql_sockets_alive(engine)
     return engine
+
+
+def _local_pymysql_without_tls_options(url: URL) -> bool:
+    """Whether PyMySQL may skip TLS: a loopback or socket server, no TLS asked for.
+
+    Since PyMySQL 1.2.0 (checked up to 1.2.4), a connect given no ssl option
+    runs in "preferred" mode: it builds a fresh ``ssl.create_default_context()``
+    (loading the system CA store, about 16 ms here) and, when the server
+    advertises TLS, encrypts without checking the certificate or the host
+    name. PyMySQL 1.1.x used no TLS at all without an ssl option, so there
+    ``ssl_disabled=True`` changes nothing. On loopback or a unix socket that
+    encryption protects nothing, so schemad passes ``ssl_disabled=True`` there
+    unless the URL asks for TLS; any other host keeps PyMySQL's default.
+    ``ssl_disabled`` overrides every other ssl option in PyMySQL, hence the
+    refusal whenever the URL carries one.
+    """
+    if url.get_driver_name() != "pymysql":
+        return False
+    if any(key.lower().startswith(_MYSQL_TLS_QUERY_PREFIXES) for key in url.query):
+        return False
+    return "unix_socket" in url.query or _is_loopback(url.host)
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:  # PyMySQL connects to localhost when the URL names no host
+        return True
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost: it may be anywhere
+        return False
 
 
 def _keep_mysql_sockets_alive(engine: Engine) -> None:

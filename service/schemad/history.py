@@ -194,6 +194,33 @@ class History:
             conn.execute(self.table.update().where(self.table.c.id == row_id).values(values))
             conn.commit()
 
+    def record_in(
+        self, conn: sa.Connection, row: Mapping[str, Any], *, started_id: int | None
+    ) -> None:
+        """Write a row on the migration's own connection, inside a savepoint.
+
+        Called inside the revision's transaction, the row commits together
+        with the revision (no extra commit, and no row for a revision that
+        rolled back). The savepoint keeps a failing write from aborting the
+        revision's transaction.
+
+        Raises:
+            SQLAlchemyError: the write failed and was rolled back to the
+                savepoint (callers log and count it).
+        """
+        if not self._ready:
+            # Creating it now would need a second connection while the
+            # revision's transaction holds its locks.
+            raise DatabaseUnavailableError(f"the history table {self.name} is not available")
+        values = self._values(row)
+        statement: sa.Executable = (
+            self.table.insert().values(values)
+            if started_id is None
+            else self.table.update().where(self.table.c.id == started_id).values(values)
+        )
+        with conn.begin_nested():
+            conn.execute(statement)
+
     @contextmanager
     def _session(self) -> Iterator[sa.Connection]:
         # Bounded like every short exchange: a silent network must not hang a

@@ -20,7 +20,7 @@ from alembic.config import Config
 from sqlalchemy.exc import SQLAlchemyError
 
 from schemad import logs
-from schemad.applier import Applied, apply_plan
+from schemad.applier import Applied, InTransactionCallback, apply_plan
 from schemad.audit import explain_newer, find_tampered, newer_revisions, to_adopt
 from schemad.database import Database, StatementGuard
 from schemad.drift import DriftChecker, DriftReport
@@ -387,6 +387,7 @@ class Reconciler:
             )
             for setting in unsupported:
                 self._log.warning("timeout_unsupported", setting=setting)
+            self._prepare_history()
             with guard as watchdogs:
                 applied = self._apply(inspection.plan, connection, progress, watchdogs)
         except MigrationFailedError as exc:
@@ -425,6 +426,7 @@ class Reconciler:
             on_step=self._step_done(progress),
             should_stop=self._should_stop,
             on_start=self._step_started(progress),
+            in_transaction=self._in_transaction(progress),
             explain=explain,
             clock=self._clock,
         )
@@ -472,11 +474,34 @@ class Reconciler:
 
         return mark
 
+    def _prepare_history(self) -> None:
+        # Rows are written inside the revisions' transactions, where creating
+        # the table would be too late (and not transactional everywhere).
+        if self.history is None:
+            return
+        try:
+            self.history.ensure_table()
+        except SchemadError as exc:
+            self._history_failed(exc, None, 0)
+
+    def _in_transaction(self, progress: _Pass) -> InTransactionCallback | None:
+        if self.history is None:
+            return None
+        history = self.history
+
+        def record(conn: Any, revision: str, direction: str, seconds: float) -> None:
+            row = self._history_row(revision, direction, "applied", seconds)
+            started = progress.started_rows.pop(revision, None)
+            try:
+                history.record_in(conn, row, started_id=started)
+            except (SQLAlchemyError, SchemadError) as exc:
+                self._history_failed(exc, progress, 1)
+
+        return record
+
     def _step_done(self, progress: _Pass) -> Callable[[AppliedStep], None]:
         def record(step: AppliedStep) -> None:
             progress.applied.append(step)
-            row = self._history_row(step.revision, step.direction, "applied", step.duration_seconds)
-            self._save_history(row, progress)
             self._log.info(
                 "migration_applied",
                 revision=step.revision,
