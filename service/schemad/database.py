@@ -550,7 +550,12 @@ def _keep_mysql_sockets_alive(engine: Engine) -> None:
 
 
 def configure_keepalive(sock: socket.socket) -> None:
-    """TCP keepalives and a user timeout: a silent peer is dropped in ~30 s."""
+    """TCP keepalives and a user timeout: a silent peer is dropped in ~30 s.
+
+    A unix socket (``?unix_socket=``) has no TCP options and is left alone.
+    """
+    if sock.family == socket.AF_UNIX:
+        return
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     for option, value in (
         ("TCP_KEEPIDLE", KEEPALIVE_IDLE_SECONDS),
