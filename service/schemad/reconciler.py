@@ -92,7 +92,6 @@ class _Pass:
     tampered: tuple[Tampered, ...] = ()
     newer: tuple[NewerRevision, ...] = ()
     history_write_failures: int = 0
-    run_id: str = ""
     started_rows: dict[str, int] = field(default_factory=dict)
 
 
@@ -182,17 +181,8 @@ class Reconciler:
             target,
             self.policy,
             tampered=[t.revision for t in tampered],
+            interrupted=self._interrupted() if locked else (),
         )
-        interrupted = self._interrupted() if locked and plan.has_work else set()
-        if interrupted:
-            plan = make_plan(
-                scripts.graph,
-                state,
-                target,
-                self.policy,
-                tampered=[t.revision for t in tampered],
-                interrupted=interrupted,
-            )
         newer: tuple[NewerRevision, ...] = ()
         if plan.reason is RefusalReason.UNKNOWN_REVISION or plan.kind is PlanKind.AHEAD:
             newer, hint = self._newer(scripts, state)
