@@ -30,9 +30,9 @@ from schemad.revisions import Scripts
 
 StepCallback = Callable[[AppliedStep], None]
 StartCallback = Callable[[str, str], None]
-# (connection, revision, direction, seconds): inside the revision's transaction,
-# after its version-table update and before its commit.
-InTransactionCallback = Callable[[Connection, str, str, float], None]
+# (connection, revision, direction, seconds, next revision or None): inside the
+# revision's transaction, after its version-table update and before its commit.
+InTransactionCallback = Callable[[Connection, str, str, float, "str | None"], None]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,8 @@ class _Run:
         self.stopped = False
         self.current_started = 0.0
         self.current: MigrationStep | None = None
+        self._steps: list[MigrationStep] = []
+        self._position = 0
         self.applied: list[AppliedStep] = []
 
     def version_applied(self, callback: InTransactionCallback) -> Callable[..., None]:
@@ -72,14 +74,21 @@ class _Run:
                 return
             direction = "upgrade" if step.is_upgrade else "downgrade"
             elapsed = self.clock() - self.current_started
-            callback(ctx.connection, _revision_of(step), direction, elapsed)
+            callback(ctx.connection, _revision_of(step), direction, elapsed, self._next())
 
         return hook
+
+    def _next(self) -> str | None:
+        """The revision Alembic runs after the current one, if any."""
+        index = self._position + 1
+        return _revision_of(self._steps[index]) if index < len(self._steps) else None
 
     def timed(self, steps: Iterable[MigrationStep]) -> Iterator[MigrationStep]:
         # Alembic pulls the next step only after the previous one's
         # transaction has committed, so resuming here marks that commit.
-        for step in steps:
+        self._steps = list(steps)
+        for position, step in enumerate(self._steps):
+            self._position = position
             if self.should_stop is not None and self.should_stop():
                 # Ends Alembic's loop cleanly: what has committed stays.
                 self.stopped = True

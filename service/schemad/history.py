@@ -221,6 +221,19 @@ class History:
         with conn.begin_nested():
             conn.execute(statement)
 
+    def start_in(self, conn: sa.Connection, row: Mapping[str, Any]) -> int:
+        """Insert a "started" row on the migration's connection, in a savepoint.
+
+        Raises:
+            SQLAlchemyError: the write failed (rolled back to the savepoint).
+        """
+        if not self._ready:
+            raise DatabaseUnavailableError(f"the history table {self.name} is not available")
+        values = self._values({**row, "outcome": "started"})
+        with conn.begin_nested():
+            key: Any = conn.execute(self.table.insert(), values).inserted_primary_key
+        return int(key[0])
+
     @contextmanager
     def _session(self) -> Iterator[sa.Connection]:
         # Bounded like every short exchange: a silent network must not hang a

@@ -391,6 +391,7 @@ class Reconciler:
         finally:
             connection.close()
         if applied.stopped:
+            self._abandon_started(progress)
             progress.heads_after = self._heads_or_unknown()
             self._log.warning(
                 "reconcile_interrupted",
@@ -456,6 +457,8 @@ class Reconciler:
             return None
 
         def mark(revision: str, direction: str) -> None:
+            if revision in progress.started_rows:  # marked with the previous revision
+                return
             row = self._history_row(revision, direction, "started", None)
             try:
                 progress.started_rows[revision] = self.history.start(row)  # type: ignore[union-attr]
@@ -479,15 +482,44 @@ class Reconciler:
             return None
         history = self.history
 
-        def record(conn: Any, revision: str, direction: str, seconds: float) -> None:
+        def record(
+            conn: Any, revision: str, direction: str, seconds: float, following: str | None
+        ) -> None:
             row = self._history_row(revision, direction, "applied", seconds)
             started = progress.started_rows.pop(revision, None)
             try:
                 history.record_in(conn, row, started_id=started)
             except (SQLAlchemyError, SchemadError) as exc:
                 self._history_failed(exc, progress, 1)
+            if following is not None and not self.database.transactional_ddl:
+                # The next revision's "started" mark commits with this one,
+                # saving it a connection and a commit of its own.
+                self._start_in(conn, following, direction, progress)
 
         return record
+
+    def _start_in(self, conn: Any, revision: str, direction: str, progress: _Pass) -> None:
+        if self.history is None:
+            return
+        row = self._history_row(revision, direction, "started", None)
+        try:
+            progress.started_rows[revision] = self.history.start_in(conn, row)
+        except (SQLAlchemyError, SchemadError):
+            # Not fatal: the revision marks itself when it starts.
+            progress.started_rows.pop(revision, None)
+
+    def _abandon_started(self, progress: _Pass) -> None:
+        # A pass stopped between revisions may leave the next one marked as
+        # started although it never ran: say so, or it would look interrupted.
+        for revision, row_id in list(progress.started_rows.items()):
+            row = {**self._history_row(revision, "upgrade", "not_started", None)}
+            row.pop("direction")
+            try:
+                if self.history is not None:
+                    self.history.finish(row_id, row)
+            except (SQLAlchemyError, SchemadError) as exc:
+                self._history_failed(exc, progress, 1)
+        progress.started_rows.clear()
 
     def _step_done(self, progress: _Pass) -> Callable[[AppliedStep], None]:
         def record(step: AppliedStep) -> None:

@@ -73,3 +73,38 @@ def test_retry_interrupted_applies_it_again(
         ("r0003",),
         Outcome.IN_SYNC,
     )
+
+
+def test_graceful_stop_leaves_no_false_interruption(
+    monkeypatch: pytest.MonkeyPatch, mariadb_url: str, tmp_path: Path
+) -> None:
+    """A pass stopped between revisions marks the next one not_started, never interrupted."""
+    project = tmp_path / "migrations"
+    linear_project(project, 3)
+    app = _app(monkeypatch, mariadb_url, project)
+    applied: list[str] = []
+    app.reconciler.set_hooks(should_stop=lambda: len(applied) >= 1)
+    original = app.reconciler._step_done
+
+    def counting(progress):  # type: ignore[no-untyped-def]
+        record = original(progress)
+
+        def wrapped(step):  # type: ignore[no-untyped-def]
+            applied.append(step.revision)
+            record(step)
+
+        return wrapped
+
+    monkeypatch.setattr(app.reconciler, "_step_done", counting)
+    stopped = app.reconciler.reconcile_once()
+    assert app.reconciler.history is not None
+    outcomes = {row.revision: row.outcome for row in app.reconciler.history.rows()}
+
+    again = _app(monkeypatch, mariadb_url, project).reconciler.reconcile_once()
+
+    assert (stopped.outcome, stopped.heads_after, outcomes.get("r0002")) == (
+        Outcome.INTERRUPTED,
+        ("r0001",),
+        "not_started",
+    )
+    assert (again.outcome, again.heads_after) == (Outcome.APPLIED, ("r0003",))
