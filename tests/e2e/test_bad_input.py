@@ -464,7 +464,7 @@ def context(request: pytest.FixtureRequest, tmp_path: Path) -> Context:
     return Context(tmp_path, url)
 
 
-def _readable(output: str) -> str:
+def readable(output: str) -> str:
     """The output plus the decoded text of its JSON log lines (quotes unescaped)."""
     decoded = []
     for line in output.splitlines():
@@ -477,7 +477,7 @@ def _readable(output: str) -> str:
     return "\n".join([output, *decoded])
 
 
-def _environment(settings: dict[str, str]) -> dict[str, str]:
+def environment(settings: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("SCHEMAD_")}
     env.update({f"SCHEMAD_{key.upper()}": value for key, value in settings.items()})
     return env
@@ -491,7 +491,7 @@ def _environment(settings: dict[str, str]) -> dict[str, str]:
 def test_bad_input(context: Context, request: pytest.FixtureRequest) -> None:
     """Each bad input exits with its code and message; no traceback, no password."""
     case: Case = request.node.callspec.params["context"]
-    env = _environment(case.settings(context))
+    env = environment(case.settings(context))
     workdir = context.tmp / "workdir"
     workdir.mkdir()
     with ExitStack() as stack:
@@ -510,7 +510,7 @@ def test_bad_input(context: Context, request: pytest.FixtureRequest) -> None:
         )
     output = done.stdout + done.stderr
     assert done.returncode == case.exit_code, output
-    assert case.fragment in _readable(output), output
+    assert case.fragment in readable(output), output
     assert "Traceback" not in output, output
     assert PASSWORD not in output, output
 

@@ -15,8 +15,6 @@ cases.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import socket
 import stat
@@ -34,7 +32,7 @@ from sqlalchemy.engine import make_url
 
 from e2e.test_bad_input import CASES as E2E_CASES
 from e2e.test_bad_input import PASSWORD as E2E_PASSWORD
-from e2e.test_bad_input import Case, Context
+from e2e.test_bad_input import Case, Context, environment, readable
 from schemad.database import Database
 from schemad.settings import Settings
 from support.daemon import DaemonProcess, daemon_env
@@ -300,25 +298,6 @@ def database_url(entry: Entry, request: pytest.FixtureRequest, tmp: Path) -> str
         url = make_url(str(request.getfixturevalue("mariadb_url")))
         return url.set(password=entry.password).render_as_string(hide_password=False)
     return f"sqlite:///{tmp / 'app.db'}"
-
-
-def readable(output: str) -> str:
-    """The output plus the decoded string values of its JSON log lines."""
-    decoded = []
-    for line in output.splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict):
-            decoded.extend(str(value) for value in event.values())
-    return "\n".join([output, *decoded])
-
-
-def environment(settings: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("SCHEMAD_")}
-    env.update({f"SCHEMAD_{key.upper()}": value for key, value in settings.items()})
-    return env
 
 
 @pytest.fixture
