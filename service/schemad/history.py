@@ -35,14 +35,6 @@ ERROR_MAX_CHARS = 2000
 _TIMESTAMP = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 
-def describe_identity(identity: IdentitySettings, hostname: str) -> str:
-    """A short "who": namespace/pod (image), or the host name."""
-    who = identity.pod_name or hostname
-    if identity.pod_namespace:
-        who = f"{identity.pod_namespace}/{who}"
-    return f"{who} (image {identity.container_image})" if identity.container_image else who
-
-
 @dataclass(frozen=True)
 class HistoryRow:
     """One row of the history table."""

@@ -543,7 +543,8 @@ class Reconciler:
         *,
         error: str | None = None,
     ) -> dict[str, Any]:
-        scripts = self.scripts()
+        # The scripts this pass planned with: no reload (and no stat) per revision.
+        scripts = self._scripts if self._scripts is not None else self.scripts()
         known = scripts.graph.revisions.get(revision)
         finished = now()
         return {
