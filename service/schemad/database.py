@@ -194,9 +194,11 @@ class Database:
         *,
         lock_timeout_seconds: float | None,
         statement_timeout_seconds: float | None,
+        async_commit: bool = False,
     ) -> list[str]:
-        """Set DDL safety timeouts on the migration session, then end the
-        transaction that setting them began (Alembic must start clean).
+        """Set DDL safety timeouts (and, on PostgreSQL, asynchronous commits)
+        on the migration session, then end the transaction that setting them
+        began (Alembic must start clean).
 
         Returns:
             Timeouts this database cannot apply, for a warning.
@@ -210,6 +212,8 @@ class Database:
             lock_timeout_seconds,
             statement_timeout_seconds,
         )
+        if async_commit and self.backend == "postgresql":
+            statements.append(_SET_ASYNC_COMMIT)
         with self.deadline(conn) as watchdog:
             try:
                 for sql, params in statements:
@@ -220,6 +224,29 @@ class Database:
                     raise self._no_answer(exc) from exc
                 raise self._unavailable(exc) from exc
         return unsupported
+
+    def make_durable(self, conn: Connection) -> None:
+        """Wait until every commit made on ``conn`` is on disk (PostgreSQL
+        with asynchronous commits; elsewhere there is nothing to wait for).
+
+        One synchronous commit of a transaction that holds a transaction id
+        flushes the write-ahead log up to it, and so every earlier commit.
+
+        Raises:
+            DatabaseUnavailableError: the database did not confirm the flush.
+        """
+        if self.backend != "postgresql":
+            return
+        with self.deadline(conn) as watchdog:
+            try:
+                conn.execute(sa.text(_DURABLE_COMMIT))
+                conn.commit()
+            except SQLAlchemyError as exc:
+                if conn.in_transaction():
+                    conn.rollback()
+                if watchdog.fired:
+                    raise self._no_answer(exc) from exc
+                raise self._unavailable(exc) from exc
 
     @contextmanager
     def statement_guard(
@@ -565,6 +592,16 @@ def configure_keepalive(sock: socket.socket) -> None:
     ):
         if hasattr(socket, option):  # Linux names; other systems keep defaults
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
+# A migration session's commits skip the wait for the disk; the pass's last
+# commit waits (make_durable). Settable by any role; crash-safe: a server
+# crash loses only the newest commits, whole, never a half-applied one.
+_SET_ASYNC_COMMIT: tuple[str, dict[str, Any]] = (
+    "SELECT set_config('synchronous_commit', 'off', false)",
+    {},
+)
+_DURABLE_COMMIT = "SELECT set_config('synchronous_commit', 'on', true), txid_current()"
 
 
 def _timeout_statements(

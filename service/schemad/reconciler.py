@@ -374,16 +374,19 @@ class Reconciler:
                 connection,
                 lock_timeout_seconds=self.settings.ddl_lock_timeout_seconds,
                 statement_timeout_seconds=self.settings.statement_timeout_seconds,
+                async_commit=self.settings.async_commit,
             )
             for setting in unsupported:
                 self._log.warning("timeout_unsupported", setting=setting)
             self._prepare_history()
             with guard as watchdogs:
                 applied = self._apply(inspection.plan, connection, progress, watchdogs)
+            self._make_durable(connection)
         except MigrationFailedError as exc:
             # When the database stopped answering, more round trips would only
             # each wait out their own timeout: report what we know and go.
             if not (watchdogs and watchdogs.fired):
+                self._make_durable(connection)
                 progress.heads_after = self._heads_or_unknown()
                 if exc.revision is not None:
                     self._record_failure(exc, progress)
@@ -421,6 +424,17 @@ class Reconciler:
             explain=explain,
             clock=self._clock,
         )
+
+    def _make_durable(self, connection: Any) -> None:
+        # With asynchronous commits, what the pass applied is on disk once this
+        # returns. If it cannot be confirmed, the version table read next says
+        # where the database is; a server crash loses only whole revisions.
+        if not self.settings.async_commit:
+            return
+        try:
+            self.database.make_durable(connection)
+        except SchemadError as exc:
+            self._log.warning("durable_commit_failed", error=exc.message)
 
     def _verify(self, progress: _Pass, target: Target) -> Outcome:
         after = self.database.read_state()

@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     """Migration session: give up on a table lock after this long (off by default)."""
     statement_timeout_seconds: Seconds | None = None
     """Migration session: cancel one statement after this long (off by default)."""
+    async_commit: bool = True
+    """PostgreSQL: commit revisions without waiting for the disk; each pass ends durable."""
     wait_timeout_seconds: Seconds = 300.0
     """How long `schemad wait` waits for the target."""
     wait_interval_seconds: Seconds = 2.0
