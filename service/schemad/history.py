@@ -107,6 +107,11 @@ class History:
         self.identity = identity
         self.hostname = socket.gethostname()
         self.table = history_table(table, schema, sa.MetaData())
+        # Built once, so that SQLAlchemy's compiled-statement cache serves
+        # every revision's write.
+        self._finish_started = self.table.update().where(
+            self.table.c.id == sa.bindparam("started_id")
+        )
         self._ready = False
 
     @property
@@ -205,13 +210,11 @@ class History:
             # revision's transaction holds its locks.
             raise DatabaseUnavailableError(f"the history table {self.name} is not available")
         values = self._values(row)
-        statement: sa.Executable = (
-            self.table.insert().values(values)
-            if started_id is None
-            else self.table.update().where(self.table.c.id == started_id).values(values)
-        )
         with _statement_scope(conn):
-            conn.execute(statement)
+            if started_id is None:
+                conn.execute(self.table.insert(), values)
+            else:
+                conn.execute(self._finish_started, {**values, "started_id": started_id})
 
     def start_in(self, conn: sa.Connection, row: Mapping[str, Any]) -> int:
         """Insert a "started" row on the migration's connection, in a savepoint.
