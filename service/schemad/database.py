@@ -35,6 +35,8 @@ from schemad.errors import ConfigError, DatabaseUnavailableError, LockTimeoutErr
 from schemad.model import DbState, LockHolder
 
 LOCK_POLL_SECONDS = 0.1
+HOLDER_LOOKUP_SECONDS = 1.0
+NEEDED_CHECK_SECONDS = 0.5
 # A peer that stops answering (blackholed network) is given up on after about
 # idle + interval * count seconds when idle, TCP_USER_TIMEOUT when sending.
 KEEPALIVE_IDLE_SECONDS = 10
@@ -45,6 +47,14 @@ TCP_USER_TIMEOUT_SECONDS = 30
 # read_default_file/read_default_group, whose option file may hold ssl-ca etc.
 _MYSQL_TLS_QUERY_PREFIXES = ("ssl", "read_default")
 WaitCallback = Callable[[LockHolder | None, float], None]
+
+
+class LockNotNeeded(Exception):
+    """While we waited, the lock holder did the work we wanted the lock for."""
+
+    def __init__(self, waited_seconds: float) -> None:
+        super().__init__(f"not needed after {waited_seconds:.3f}s")
+        self.waited_seconds = waited_seconds
 
 
 def instance_name() -> str:
@@ -305,17 +315,29 @@ class Database:
         return None
 
     @contextmanager
-    def lock(self, wait_seconds: float, on_wait: WaitCallback | None = None) -> Iterator[float]:
+    def lock(
+        self,
+        wait_seconds: float,
+        on_wait: WaitCallback | None = None,
+        needed: Callable[[], bool] | None = None,
+    ) -> Iterator[float]:
         """Hold the migration lock; yields the seconds spent waiting for it.
 
+        Args:
+            wait_seconds: how long another instance may keep it from us.
+            on_wait: told who holds it, and for how long we waited, while waiting.
+            needed: asked every ``NEEDED_CHECK_SECONDS`` while waiting; False
+                (the holder did the work) ends the wait with LockNotNeeded.
+
         Raises:
+            LockNotNeeded: ``needed`` said the lock is no longer needed.
             LockTimeoutError: another instance held it for ``wait_seconds``.
             DatabaseUnavailableError: the database cannot be reached.
         """
         backend = self._backend()
         with backend.session():
             try:
-                waited = self._acquire(backend, wait_seconds, on_wait)
+                waited = self._acquire(backend, wait_seconds, on_wait, needed)
             except SQLAlchemyError as exc:
                 raise self._unavailable(exc) from exc
             try:
@@ -325,12 +347,28 @@ class Database:
                 with suppress(SQLAlchemyError):
                     backend.release()
 
-    def _acquire(self, backend: _Lock, wait_seconds: float, on_wait: WaitCallback | None) -> float:
-        started = self._clock()
+    def _acquire(
+        self,
+        backend: _Lock,
+        wait_seconds: float,
+        on_wait: WaitCallback | None,
+        needed: Callable[[], bool] | None,
+    ) -> float:
+        started = checked = self._clock()
         deadline = started + wait_seconds
+        holder: LockHolder | None = None
+        looked = float("-inf")
         while not backend.try_acquire():
             now = self._clock()
-            holder = backend.holder()
+            if needed is not None and now - checked >= NEEDED_CHECK_SECONDS:
+                checked = now
+                if not needed():
+                    raise LockNotNeeded(now - started)
+            # Asking who holds the lock reads the server's lock table (on
+            # PostgreSQL, pg_locks takes every lock partition): not on every
+            # poll, or a crowd of waiters slows down the migration they wait for.
+            if now - looked >= HOLDER_LOOKUP_SECONDS or now >= deadline:
+                holder, looked = backend.holder(), now
             if now >= deadline:
                 raise LockTimeoutError(
                     f"the migration lock is still held by {_who(holder)} after "

@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from schemad import logs
 from schemad.applier import Applied, InTransactionCallback, apply_plan
 from schemad.audit import explain_newer, find_tampered, newer_revisions, to_adopt
-from schemad.database import Database, StatementGuard
+from schemad.database import Database, LockNotNeeded, StatementGuard
 from schemad.drift import DriftChecker, DriftReport
 from schemad.errors import (
     ConfigError,
@@ -350,12 +350,34 @@ class Reconciler:
             kind=inspection.plan.kind.value,
             pending=[step.revision for step in inspection.plan.steps],
         )
-        with self.database.lock(
-            self.settings.lock_wait_seconds, on_wait=self._lock_waiting(progress)
-        ) as waited:
-            progress.lock_wait_seconds = waited
-            self._log.info("lock_acquired", wait_seconds=round(waited, 3))
-            return self._apply_under_lock(progress)
+        try:
+            with self.database.lock(
+                self.settings.lock_wait_seconds,
+                on_wait=self._lock_waiting(progress),
+                needed=self._still_needed(inspection.target),
+            ) as waited:
+                progress.lock_wait_seconds = waited
+                self._log.info("lock_acquired", wait_seconds=round(waited, 3))
+                return self._apply_under_lock(progress)
+        except LockNotNeeded as done:
+            # The holder brought the database to the target: look again as a
+            # new pass would, instead of queueing for the lock only to find
+            # nothing left to do (replicas then finish together, not in turn).
+            self._log.info("lock_not_needed", wait_seconds=round(done.waited_seconds, 3))
+            outcome = self._run(progress)
+            progress.lock_wait_seconds += done.waited_seconds
+            return outcome
+
+    def _still_needed(self, target: Target) -> Callable[[], bool]:
+        wanted = set(target.revisions or ())
+
+        def needed() -> bool:
+            try:
+                return set(self.database.read_state().heads) != wanted
+            except SchemadError:
+                return True  # the lock wait reports an outage itself
+
+        return needed
 
     def _apply_under_lock(self, progress: _Pass) -> Outcome:
         # Someone may have migrated while we waited: plan again.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from sqlalchemy.engine import make_url
 
 from schemad.database import Database, instance_name
 from schemad.model import Outcome
-from support.databases import connection, sibling_database, version_rows
+from support.databases import connection, sibling_database, stamp, version_rows
 from support.scripts import tables_project
 
 from .conftest import MakeApp
@@ -67,6 +68,33 @@ def test_pass_times_out_while_another_instance_holds_the_lock(
     assert result.lock_holder is not None
     assert result.lock_holder.description in result.error
     assert version_rows(db_url) == []
+
+
+def test_waiter_stops_waiting_once_the_holder_reaches_the_target(
+    db_url: str, tmp_path: Path, make_app: MakeApp, holder_factory: HolderFactory
+) -> None:
+    """A pass waiting for the lock looks at the version table now and then: when
+    the holder has brought the database to the target, it ends in sync without
+    ever taking the lock (the holder still has it when the pass returns)."""
+    tables_project(tmp_path / "migrations", 2)
+    app = make_app(db_url, tmp_path / "migrations", lock_wait_seconds="30")
+    waiting = threading.Event()
+    app.reconciler.set_hooks(on_lock_wait=lambda _holder, _waited: waiting.set())
+    results = []
+
+    with holder_factory(db_url).lock(1.0):
+        waiter = threading.Thread(target=lambda: results.append(app.reconciler.reconcile_once()))
+        waiter.start()
+        assert waiting.wait(10), "the pass never waited for the lock"
+        stamp(db_url, "r0002")  # what the holder's pass would leave behind
+        waiter.join(10)
+        returned_while_held = not waiter.is_alive()
+
+    assert returned_while_held
+    [result] = results
+    assert (result.outcome, result.exit_code, result.applied) == (Outcome.IN_SYNC, 0, ())
+    assert result.heads_after == ("r0002",)
+    assert 0 < result.lock_wait_seconds < 10
 
 
 @pytest.mark.postgres
