@@ -76,6 +76,7 @@ BAD_SETTINGS: list[tuple[str, str, str]] = [
     ("ddl_lock_timeout_seconds", "1s", "Input should be a valid number"),
     ("ddl_lock_timeout_seconds", "0", "Input should be greater than 0"),
     ("statement_timeout_seconds", "inf", "Input should be a finite number"),
+    ("async_commit", "sometimes", "Input should be a valid boolean"),
     ("wait_timeout_seconds", "-0.5", "Input should be greater than 0"),
     ("wait_interval_seconds", "0", "Input should be greater than 0"),
     ("log_format", "xml", "Input should be 'auto', 'json' or 'console'"),
