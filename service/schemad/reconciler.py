@@ -117,7 +117,9 @@ class Reconciler:
             ignore_unknown_revisions=settings.on_unknown_revision == "ignore",
             block_on_tamper=settings.on_tamper == "block",
         )
-        self._audit_cache: tuple[object, tuple[Tampered, ...]] | None = None
+        # (what was looked at, what was found tampered; the recorded checksums
+        # and the pass that read them)
+        self._audit_cache: tuple[object, tuple[Tampered, ...], dict[str, str], object] | None = None
         self._clock = clock
         self._wall_clock = wall_clock
         self._should_stop: Callable[[], bool] | None = None
@@ -212,11 +214,17 @@ class Reconciler:
         # A look that adopted also answers a read-only one: nothing is left to adopt.
         if self._audit_cache is not None and cached in (key, adopted):
             return self._audit_cache[1]
-        try:
-            recorded, _applied = self.history.summary()
-        except DatabaseUnavailableError as exc:
-            self._log.warning("history_unreadable", error=exc.message)
-            return ()
+        run_id = structlog.contextvars.get_contextvars().get("run_id")
+        if self._audit_cache is not None and cached == looked and self._audit_cache[3] == run_id:
+            # A pass adopting right after its own look: the history it just
+            # read is what it adopts against (one read of the table, not two).
+            recorded = self._audit_cache[2]
+        else:
+            try:
+                recorded, _applied = self.history.summary()
+            except DatabaseUnavailableError as exc:
+                self._log.warning("history_unreadable", error=exc.message)
+                return ()
         graph = scripts.graph
         applied = ancestors(graph, [h for h in state.heads if h in graph.revisions])
         tampered = find_tampered(applied, recorded, scripts.checksums)
@@ -236,7 +244,7 @@ class Reconciler:
         if adoptable and written:
             self._log.info("revisions_adopted", revisions=list(adoptable))
         # An adoption that could not be written is tried again by the next pass.
-        self._audit_cache = (key if written else looked, tampered)
+        self._audit_cache = (key if written else looked, tampered, recorded, run_id)
         return tampered
 
     def _newer(self, scripts: Scripts, state: DbState) -> tuple[tuple[NewerRevision, ...], str]:

@@ -402,6 +402,34 @@ def test_adoption_happens_once(sqlite_url: str, project: Path, make_app: MakeApp
     assert len(_rows(make_app, sqlite_url, project)) == 3
 
 
+def test_a_pass_reads_the_history_once(db_url: str, project: Path, make_app: MakeApp) -> None:
+    """A fresh process's no-op pass reads the history table once: its look and
+    its adoption share the read (each read is the whole table)."""
+    # Files older than the reload settle window, as in an image.
+    past = time.time() - 60
+    for path in (project, project / "versions", *project.rglob("*")):
+        os.utime(path, (past, past))
+    make_app(db_url, project).reconciler.reconcile_once()
+    reads: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "schemad_history" in statement:
+            reads.append(statement)
+
+    # Listening on the class reaches engines created afterwards.
+    sa.event.listen(sa.Engine, "before_cursor_execute", count)
+    try:
+        app = make_app(db_url, project)
+        with capture_logs() as logs:
+            result = app.reconciler.reconcile_once()
+    finally:
+        sa.event.remove(sa.Engine, "before_cursor_execute", count)
+
+    assert (result.outcome, result.tampered) == (Outcome.IN_SYNC, ())
+    assert [e for e in logs if e["event"] in ("revisions_adopted", "scripts_reloaded")] == []
+    assert len(reads) == 1, reads
+
+
 def test_revisions_applied_by_plain_alembic_are_adopted(
     db_url: str, project: Path, make_app: MakeApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
