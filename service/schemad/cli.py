@@ -203,9 +203,21 @@ def cmd_upgrade(app: App, _args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-def cmd_status(app: App, args: argparse.Namespace) -> int:
-    inspection = app.reconciler.inspect()
+def _inspect_as_a_pass_would(app: App) -> tuple[Inspection, LockHolder | None]:
+    """The inspection, and who holds the lock. On MySQL/MariaDB a revision
+    marked started but never finished was interrupted only if nobody is
+    applying it: nobody holds the lock before the look, nor after it (else
+    it may be running now, and the report says behind, as without history)."""
+    before = app.database.lock_holder()
+    inspection = app.reconciler.inspect(locked=before is None)
     holder = app.database.lock_holder()
+    if holder is not None and inspection.plan.reason is RefusalReason.INTERRUPTED_REVISION:
+        inspection = app.reconciler.inspect()
+    return inspection, holder
+
+
+def cmd_status(app: App, args: argparse.Namespace) -> int:
+    inspection, holder = _inspect_as_a_pass_would(app)
     if args.json:
         _print_json(app.out, _status_document(app, inspection, holder))
     else:
@@ -214,7 +226,7 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
 
 
 def cmd_plan(app: App, args: argparse.Namespace) -> int:
-    inspection = app.reconciler.inspect()
+    inspection, _holder = _inspect_as_a_pass_would(app)
     plan = inspection.plan
     if args.sql:
         if plan.kind is PlanKind.REFUSED:

@@ -3,13 +3,15 @@ silently re-run: the next pass refuses until a human says how to recover."""
 
 from __future__ import annotations
 
+import argparse
 import io
+import json
 import os
 from pathlib import Path
 
 import pytest
 
-from schemad.cli import App
+from schemad.cli import App, cmd_plan, cmd_status
 from schemad.model import Outcome, RefusalReason
 from schemad.settings import load_settings
 from support.scripts import linear_project
@@ -108,3 +110,50 @@ def test_graceful_stop_leaves_no_false_interruption(
         "not_started",
     )
     assert (again.outcome, again.heads_after) == (Outcome.APPLIED, ("r0003",))
+
+
+def _report(command: str, app: App) -> tuple[int, dict[str, object]]:
+    out = io.StringIO()
+    app.out = out
+    run = cmd_status if command == "status" else cmd_plan
+    code = run(app, argparse.Namespace(json=True, sql=False))
+    return code, json.loads(out.getvalue())
+
+
+@pytest.mark.parametrize("command", ["status", "plan"])
+def test_status_and_plan_report_an_interrupted_revision(
+    monkeypatch: pytest.MonkeyPatch, mariadb_url: str, tmp_path: Path, command: str
+) -> None:
+    """With nobody holding the lock, `status` and `plan` say what `upgrade`
+    would: refused, interrupted_revision, exit 65."""
+    project = tmp_path / "migrations"
+    linear_project(project, 3)
+    app = _app(monkeypatch, mariadb_url, project, target_revision="r0001")
+    app.reconciler.reconcile_once()
+    _interrupt(app, "r0002")
+
+    code, document = _report(command, _app(monkeypatch, mariadb_url, project))
+
+    assert (code, document["reason"]) == (65, "interrupted_revision")
+    assert "revision r0002 was interrupted" in str(document["message"])
+
+
+def test_status_while_another_instance_holds_the_lock_says_behind(
+    monkeypatch: pytest.MonkeyPatch, mariadb_url: str, tmp_path: Path
+) -> None:
+    """A started revision while the lock is held may be running right now:
+    `status` reports the database behind and names the holder."""
+    project = tmp_path / "migrations"
+    linear_project(project, 3)
+    app = _app(monkeypatch, mariadb_url, project, target_revision="r0001")
+    app.reconciler.reconcile_once()
+    _interrupt(app, "r0002")
+    observer = _app(monkeypatch, mariadb_url, project)
+
+    with app.database.lock(1.0):
+        code, document = _report("status", observer)
+
+    assert (code, document["state"], document["reason"]) == (3, "upgrade", None)
+    lock = document["lock"]
+    assert isinstance(lock, dict)
+    assert lock["held"] is True
