@@ -203,21 +203,25 @@ def cmd_upgrade(app: App, _args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-def _inspect_as_a_pass_would(app: App) -> tuple[Inspection, LockHolder | None]:
-    """The inspection, and who holds the lock. On MySQL/MariaDB a revision
-    marked started but never finished was interrupted only if nobody is
-    applying it: nobody holds the lock before the look, nor after it (else
-    it may be running now, and the report says behind, as without history)."""
-    before = app.database.lock_holder()
-    inspection = app.reconciler.inspect(locked=before is None)
-    holder = app.database.lock_holder()
-    if holder is not None and inspection.plan.reason is RefusalReason.INTERRUPTED_REVISION:
+def _inspect_as_a_pass_would(app: App) -> Inspection:
+    """The inspection a pass would make. On MySQL/MariaDB a revision marked
+    started but never finished was interrupted only if nobody is applying
+    it: nobody holds the lock before the look, nor after it (else it may be
+    running now, and the report says behind, as without history)."""
+    if app.database.transactional_ddl:
+        return app.reconciler.inspect()
+    inspection = app.reconciler.inspect(locked=app.database.lock_holder() is None)
+    if (
+        inspection.plan.reason is RefusalReason.INTERRUPTED_REVISION
+        and app.database.lock_holder() is not None
+    ):
         inspection = app.reconciler.inspect()
-    return inspection, holder
+    return inspection
 
 
 def cmd_status(app: App, args: argparse.Namespace) -> int:
-    inspection, holder = _inspect_as_a_pass_would(app)
+    inspection = _inspect_as_a_pass_would(app)
+    holder = app.database.lock_holder()
     if args.json:
         _print_json(app.out, _status_document(app, inspection, holder))
     else:
@@ -226,7 +230,7 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
 
 
 def cmd_plan(app: App, args: argparse.Namespace) -> int:
-    inspection, _holder = _inspect_as_a_pass_would(app)
+    inspection = _inspect_as_a_pass_would(app)
     plan = inspection.plan
     if args.sql:
         if plan.kind is PlanKind.REFUSED:
