@@ -79,6 +79,17 @@ class Inspection:
     newer: tuple[NewerRevision, ...] = ()
 
 
+@dataclass(frozen=True)
+class _Audit:
+    """The last tamper check: what it looked at, what it found, and the
+    history it read (with the pass that read it, for that pass's adoption)."""
+
+    key: object
+    tampered: tuple[Tampered, ...]
+    recorded: dict[str, str]
+    run_id: object
+
+
 @dataclass
 class _Pass:
     """What one pass has learnt so far, for the Result."""
@@ -117,9 +128,7 @@ class Reconciler:
             ignore_unknown_revisions=settings.on_unknown_revision == "ignore",
             block_on_tamper=settings.on_tamper == "block",
         )
-        # (what was looked at, what was found tampered; the recorded checksums
-        # and the pass that read them)
-        self._audit_cache: tuple[object, tuple[Tampered, ...], dict[str, str], object] | None = None
+        self._audit: _Audit | None = None
         self._clock = clock
         self._wall_clock = wall_clock
         self._should_stop: Callable[[], bool] | None = None
@@ -210,15 +219,16 @@ class Reconciler:
             return ()
         key = (scripts.loaded_at_ns, state.heads, adopt)
         looked, adopted = (*key[:2], False), (*key[:2], True)
-        cached = self._audit_cache[0] if self._audit_cache is not None else None
+        last = self._audit
+        cached = last.key if last is not None else None
         # A look that adopted also answers a read-only one: nothing is left to adopt.
-        if self._audit_cache is not None and cached in (key, adopted):
-            return self._audit_cache[1]
+        if last is not None and cached in (key, adopted):
+            return last.tampered
         run_id = structlog.contextvars.get_contextvars().get("run_id")
-        if self._audit_cache is not None and cached == looked and self._audit_cache[3] == run_id:
+        if last is not None and cached == looked and last.run_id == run_id:
             # A pass adopting right after its own look: the history it just
             # read is what it adopts against (one read of the table, not two).
-            recorded = self._audit_cache[2]
+            recorded = last.recorded
         else:
             try:
                 recorded, _applied = self.history.summary()
@@ -244,7 +254,7 @@ class Reconciler:
         if adoptable and written:
             self._log.info("revisions_adopted", revisions=list(adoptable))
         # An adoption that could not be written is tried again by the next pass.
-        self._audit_cache = (key if written else looked, tampered, recorded, run_id)
+        self._audit = _Audit(key if written else looked, tampered, recorded, run_id)
         return tampered
 
     def _newer(self, scripts: Scripts, state: DbState) -> tuple[tuple[NewerRevision, ...], str]:
