@@ -17,22 +17,46 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationStep
 from sqlalchemy.engine import Connection
 
 from schemad import logs
-from schemad.errors import ConfigError, MigrationFailedError, PlanRejectedError, SchemadError
-from schemad.model import AppliedStep, Plan, PlanKind
+from schemad.errors import (
+    ConfigError,
+    MigrationFailedError,
+    PlanRejectedError,
+    SchemadError,
+    first_line,
+)
+from schemad.model import AppliedStep, Direction, Plan, PlanKind
 from schemad.revisions import Scripts
 
-StepCallback = Callable[[AppliedStep], None]
-StartCallback = Callable[[str, str], None]
-# (connection, revision, direction, seconds, next revision or None): inside the
-# revision's transaction, after its version-table update and before its commit.
-InTransactionCallback = Callable[[Connection, str, str, float, "str | None"], None]
+
+class StepObserver(Protocol):
+    """Told about each revision of a run, and asked whether to go on."""
+
+    def started(self, revision: str, direction: Direction) -> None:
+        """Before the revision runs (outside its transaction)."""
+
+    def in_transaction(
+        self,
+        conn: Connection,
+        revision: str,
+        direction: Direction,
+        seconds: float,
+        following: str | None,
+    ) -> None:
+        """Inside the revision's transaction, after its version-table update
+        and before its commit; ``following`` is the revision Alembic runs next."""
+
+    def committed(self, step: AppliedStep) -> None:
+        """After the revision's transaction has committed."""
+
+    def should_stop(self) -> bool:
+        """Asked before each revision; True ends the run (a graceful stop)."""
 
 
 @dataclass(frozen=True)
@@ -46,17 +70,9 @@ class Applied:
 class _Run:
     """The state of one application of a plan: which step, what finished."""
 
-    def __init__(
-        self,
-        on_step: StepCallback | None,
-        clock: Callable[[], float],
-        should_stop: Callable[[], bool] | None = None,
-        on_start: StartCallback | None = None,
-    ) -> None:
-        self.on_step = on_step
-        self.on_start = on_start
+    def __init__(self, observer: StepObserver, clock: Callable[[], float]) -> None:
+        self.observer = observer
         self.clock = clock
-        self.should_stop = should_stop
         self.stopped = False
         self.current_started = 0.0
         self.current: MigrationStep | None = None
@@ -64,19 +80,16 @@ class _Run:
         self._position = 0
         self.applied: list[AppliedStep] = []
 
-    def version_applied(self, callback: InTransactionCallback) -> Callable[..., None]:
-        """An Alembic ``on_version_apply`` hook that hands over the step's
-        connection, still inside the step's transaction."""
-
-        def hook(*, ctx: Any, **_kwargs: Any) -> None:
-            step = self.current
-            if step is None:  # pragma: no cover - Alembic calls it inside a step
-                return
-            direction = "upgrade" if step.is_upgrade else "downgrade"
-            elapsed = self.clock() - self.current_started
-            callback(ctx.connection, _revision_of(step), direction, elapsed, self._next())
-
-        return hook
+    def version_applied(self, *, ctx: Any, **_kwargs: Any) -> None:
+        """An Alembic ``on_version_apply`` hook: hands the step's connection
+        to the observer, still inside the step's transaction."""
+        step = self.current
+        if step is None:  # pragma: no cover - Alembic calls it inside a step
+            return
+        elapsed = self.clock() - self.current_started
+        self.observer.in_transaction(
+            ctx.connection, _revision_of(step), _direction_of(step), elapsed, self._next()
+        )
 
     def _next(self) -> str | None:
         """The revision Alembic runs after the current one, if any."""
@@ -89,25 +102,39 @@ class _Run:
         self._steps = list(steps)
         for position, step in enumerate(self._steps):
             self._position = position
-            if self.should_stop is not None and self.should_stop():
+            if self.observer.should_stop():
                 # Ends Alembic's loop cleanly: what has committed stays.
                 self.stopped = True
                 return
             self.current = step
-            if self.on_start is not None:
-                self.on_start(_revision_of(step), "upgrade" if step.is_upgrade else "downgrade")
+            self.observer.started(_revision_of(step), _direction_of(step))
             started = self.current_started = self.clock()
             yield step
             done = AppliedStep(
                 revision=_revision_of(step),
                 message=_message_of(step),
-                direction="upgrade" if step.is_upgrade else "downgrade",
+                direction=_direction_of(step),
                 duration_seconds=self.clock() - started,
             )
             self.applied.append(done)
             self.current = None
-            if self.on_step is not None:
-                self.on_step(done)
+            self.observer.committed(done)
+
+
+class _Rendering:
+    """The observer of offline SQL: nothing is committed, nothing stops it."""
+
+    def started(self, revision: str, direction: Direction) -> None:
+        return None
+
+    def in_transaction(self, *_args: Any) -> None:
+        return None
+
+    def committed(self, step: AppliedStep) -> None:
+        return None
+
+    def should_stop(self) -> bool:
+        return False
 
 
 def apply_plan(
@@ -118,10 +145,7 @@ def apply_plan(
     *,
     version_table: str,
     version_table_schema: str | None,
-    on_step: StepCallback | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    on_start: StartCallback | None = None,
-    in_transaction: InTransactionCallback | None = None,
+    observer: StepObserver,
     explain: Callable[[BaseException], str | None] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> Applied:
@@ -134,18 +158,13 @@ def apply_plan(
         destination: the target spec as Alembic understands it.
         version_table: the version table schemad reads.
         version_table_schema: its schema, if not the default.
-        on_step: called after each revision has committed.
-        should_stop: asked before each revision; True ends the run early
-            (a graceful shutdown), keeping what has committed.
-        on_start: called with (revision, direction) before each revision runs.
-        in_transaction: called inside each revision's transaction, after its
-            version-table update, so what it writes commits with the revision.
+        observer: told about each revision, asked before each whether to stop.
         explain: adds the database's reading of a failure (e.g. which
             safety timeout fired) to the message.
         clock: a monotonic clock, for durations.
 
     Returns:
-        The committed steps, in order, and whether ``should_stop`` ended the
+        The committed steps, in order, and whether the observer ended the
         run before all of them.
 
     Raises:
@@ -154,7 +173,7 @@ def apply_plan(
     """
     if plan.kind not in (PlanKind.UPGRADE, PlanKind.DOWNGRADE):
         return Applied((), stopped=False)
-    run = _Run(on_step, clock, should_stop, on_start)
+    run = _Run(observer, clock)
     config = scripts.config
     config.attributes["connection"] = connection
     environment = _environment(
@@ -163,7 +182,7 @@ def apply_plan(
         destination_rev=destination,
         version_table=version_table,
         version_table_schema=version_table_schema,
-        on_version_apply=run.version_applied(in_transaction) if in_transaction else None,
+        on_version_apply=run.version_applied,
     )
     try:
         with environment, logs.preserved():
@@ -208,7 +227,7 @@ def render_sql(
     previous, config.output_buffer = config.output_buffer, out
     environment = _environment(
         scripts,
-        fn=_work(scripts, plan, destination, _Run(None, time.monotonic)),
+        fn=_work(scripts, plan, destination, _Run(_Rendering(), time.monotonic)),
         as_sql=True,
         starting_rev=plan.current[0] if plan.current else None,
         destination_rev=destination,
@@ -295,9 +314,7 @@ def _environment(
 
 def _failure(run: _Run, exc: BaseException, explanation: str | None) -> MigrationFailedError:
     step = run.current
-    orig = getattr(exc, "orig", None) or exc
-    detail = str(orig).strip().splitlines()
-    summary = f"{type(orig).__name__}: {detail[0] if detail else ''}".rstrip(": ")
+    summary = first_line(exc)
     if step is None:
         when = (
             f"after {len(run.applied)} revision(s) of this pass were applied (they stay applied)"
@@ -316,7 +333,7 @@ def _failure(run: _Run, exc: BaseException, explanation: str | None) -> Migratio
         f"revision {revision} ({_message_of(step)}) failed: {summary}; {advice}. "
         f"{done} earlier revision(s) of this pass stay applied",
         revision=revision,
-        direction="upgrade" if step.is_upgrade else "downgrade",
+        direction=_direction_of(step),
         duration_seconds=run.clock() - run.current_started,
     )
 
@@ -329,6 +346,10 @@ def _as_tuple(value: Any) -> tuple[Any, ...]:
 
 def _revision_of(step: MigrationStep) -> str:
     return str(step.revision.revision)  # type: ignore[attr-defined]
+
+
+def _direction_of(step: MigrationStep) -> Direction:
+    return Direction.UPGRADE if step.is_upgrade else Direction.DOWNGRADE
 
 
 def _message_of(step: MigrationStep) -> str:

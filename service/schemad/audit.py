@@ -7,9 +7,11 @@ in as plain data.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
 
-from schemad.model import NewerRevision, Tampered
+from schemad.model import Direction, HistoryOutcome, NewerRevision, Tampered
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,70 @@ class AppliedRecord:
     applied_at: str | None
     applied_by: str | None
     image: str | None
+
+
+class HistoryFacts(Protocol):
+    """What the audit reads of one history row."""
+
+    @property
+    def revision(self) -> str: ...
+    @property
+    def parents(self) -> tuple[str, ...]: ...
+    @property
+    def direction(self) -> str: ...
+    @property
+    def outcome(self) -> str: ...
+    @property
+    def checksum(self) -> str | None: ...
+    @property
+    def finished_at(self) -> datetime | None: ...
+    @property
+    def pod_name(self) -> str | None: ...
+    @property
+    def hostname(self) -> str | None: ...
+    @property
+    def image(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class HistorySnapshot:
+    """What one read of the history says, for one pass."""
+
+    recorded: Mapping[str, str] = field(default_factory=dict)
+    """Per revision, the checksum it was last applied or adopted with."""
+    last_applied: Mapping[str, AppliedRecord] = field(default_factory=dict)
+    """Per revision, the last time it was applied (who, when, parents)."""
+    interrupted: frozenset[str] = frozenset()
+    """Revisions whose last row says "started": cut off while being applied."""
+
+
+def summarize(oldest_first: Iterable[HistoryFacts]) -> HistorySnapshot:
+    """Reduce history rows, oldest first, to what the audit needs."""
+    recorded: dict[str, str] = {}
+    applied: dict[str, AppliedRecord] = {}
+    last: dict[str, str] = {}
+    for row in oldest_first:
+        last[row.revision] = row.outcome
+        if row.direction == Direction.DOWNGRADE and row.outcome == HistoryOutcome.APPLIED:
+            recorded.pop(row.revision, None)
+            continue
+        if row.direction != Direction.UPGRADE or row.outcome not in (
+            HistoryOutcome.APPLIED,
+            HistoryOutcome.ADOPTED,
+        ):
+            continue
+        if row.checksum:
+            recorded[row.revision] = row.checksum
+        if row.outcome == HistoryOutcome.APPLIED:
+            applied[row.revision] = AppliedRecord(
+                row.revision,
+                row.parents,
+                row.finished_at.isoformat() if row.finished_at else None,
+                row.pod_name or row.hostname,
+                row.image,
+            )
+    interrupted = frozenset(r for r, outcome in last.items() if outcome == HistoryOutcome.STARTED)
+    return HistorySnapshot(recorded, applied, interrupted)
 
 
 def find_tampered(
@@ -104,28 +170,3 @@ def explain_newer(newer: Sequence[NewerRevision], landed: Sequence[str]) -> str:
             f"(or `alembic downgrade {target}` there)"
         )
     return text
-
-
-def audit_document(
-    tampered: Sequence[Tampered], newer: Sequence[NewerRevision]
-) -> dict[str, list[dict[str, str | None]]]:
-    """Tampered files and newer revisions as JSON-able data."""
-    return {
-        "tampered": [
-            {
-                "revision": t.revision,
-                "recorded_checksum": t.recorded_checksum,
-                "current_checksum": t.current_checksum,
-            }
-            for t in tampered
-        ],
-        "newer_than_image": [
-            {
-                "revision": n.revision,
-                "applied_at": n.applied_at,
-                "applied_by": n.applied_by,
-                "image": n.image,
-            }
-            for n in newer
-        ],
-    }

@@ -15,12 +15,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
-from urllib.parse import quote, quote_plus
 
 from schemad import __version__, logs
 from schemad.applier import render_sql
-from schemad.audit import audit_document
 from schemad.database import Database
+from schemad.documents import plan_document, status_document
 from schemad.errors import (
     ConfigError,
     DatabaseUnavailableError,
@@ -29,8 +28,9 @@ from schemad.errors import (
     WaitTimeoutError,
 )
 from schemad.history import History
-from schemad.model import LockHolder, Plan, PlanKind, RefusalReason
-from schemad.reconciler import Inspection, Reconciler
+from schemad.masking import Secrets
+from schemad.model import Inspection, LockHolder, Outcome, Plan, PlanKind, RefusalReason, Result
+from schemad.reconciler import Reconciler
 from schemad.revisions import make_config
 from schemad.settings import Settings, load_identity, load_settings, unknown_variables
 
@@ -39,6 +39,22 @@ EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_BEHIND = 3
 EXIT_DRIFT = 4
+EXIT_REFUSED = 65
+# Every outcome of a pass, and of an error that ends a command, and its exit code.
+EXIT_CODES: dict[str, int] = {
+    Outcome.IN_SYNC: EXIT_OK,
+    Outcome.APPLIED: EXIT_OK,
+    Outcome.AHEAD: EXIT_OK,
+    Outcome.INTERRUPTED: EXIT_OK,
+    Outcome.REFUSED: EXIT_REFUSED,
+    Outcome.SCRIPT_ERROR: 66,
+    Outcome.UNAVAILABLE: 69,
+    Outcome.FAILED: 70,
+    Outcome.LOCK_TIMEOUT: 75,
+    WaitTimeoutError.outcome: 75,
+    ConfigError.outcome: 78,
+    SchemadError.outcome: EXIT_INTERNAL,
+}
 EXIT_CODES_HELP = """\
 exit codes:
   0   ok: at the target, nothing to do, or the requested work is done
@@ -175,9 +191,9 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         settings = load_settings()
     except ConfigError as exc:
         logs.configure()
-        log.error("config_invalid", error=exc.message, exit_code=exc.exit_code)
-        return exc.exit_code
-    logs.configure(settings.log_format, settings.log_level, secrets=_secrets(settings))
+        log.error("config_invalid", error=exc.message, exit_code=exit_code(exc))
+        return exit_code(exc)
+    logs.configure(settings.log_format, settings.log_level, secrets=_secrets(settings).forms)
     for warning in unknown_variables():
         log.warning("setting_unknown", detail=warning)
     if args.command == "health":
@@ -189,8 +205,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     except SchemadError as exc:
         message = app.database.redact(exc.message) if app else exc.message
         event = "config_invalid" if isinstance(exc, ConfigError) else "command_failed"
-        log.error(event, command=args.command, error=message, exit_code=exc.exit_code)
-        return exc.exit_code
+        log.error(event, command=args.command, error=message, exit_code=exit_code(exc))
+        return exit_code(exc)
     except KeyboardInterrupt:
         return 130
     finally:
@@ -198,39 +214,35 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
             app.database.dispose()
 
 
+def exit_code(ended: Result | SchemadError) -> int:
+    """The exit code of a pass's result, or of the error that ended a command."""
+    return EXIT_CODES[ended.outcome]
+
+
 def cmd_upgrade(app: App, _args: argparse.Namespace) -> int:
-    result = app.reconciler.reconcile_once()
-    return result.exit_code
-
-
-def _inspect_as_a_pass_would(app: App) -> Inspection:
-    """The inspection a pass would make. On MySQL/MariaDB a revision marked
-    started but never finished was interrupted only if nobody is applying
-    it: nobody holds the lock before the look, nor after it (else it may be
-    running now, and the report says behind, as without history)."""
-    if app.database.transactional_ddl:
-        return app.reconciler.inspect()
-    inspection = app.reconciler.inspect(locked=app.database.lock_holder() is None)
-    if (
-        inspection.plan.reason is RefusalReason.INTERRUPTED_REVISION
-        and app.database.lock_holder() is not None
-    ):
-        inspection = app.reconciler.inspect()
-    return inspection
+    return exit_code(app.reconciler.reconcile_once())
 
 
 def cmd_status(app: App, args: argparse.Namespace) -> int:
-    inspection = _inspect_as_a_pass_would(app)
+    inspection = app.reconciler.inspect_as_a_pass_would()
     holder = app.database.lock_holder()
     if args.json:
-        _print_json(app.out, _status_document(app, inspection, holder))
+        _print_json(
+            app.out,
+            status_document(
+                database=app.database.masked_url,
+                inspection=inspection,
+                holder=holder,
+                redact=app.database.redact,
+            ),
+        )
     else:
         _print_status(app, inspection, holder)
     return _status_exit_code(inspection.plan)
 
 
 def cmd_plan(app: App, args: argparse.Namespace) -> int:
-    inspection = _inspect_as_a_pass_would(app)
+    inspection = app.reconciler.inspect_as_a_pass_would()
     plan = inspection.plan
     if args.sql:
         if plan.kind is PlanKind.REFUSED:
@@ -244,16 +256,22 @@ def cmd_plan(app: App, args: argparse.Namespace) -> int:
             version_table_schema=app.settings.version_table_schema,
         )
     elif args.json:
-        _print_json(app.out, _plan_document(plan))
+        _print_json(app.out, plan_document(plan))
     else:
         _print_plan(app.out, plan)
-    return 65 if plan.kind is PlanKind.REFUSED else EXIT_OK
+    return EXIT_REFUSED if plan.kind is PlanKind.REFUSED else EXIT_OK
 
 
-def cmd_wait(app: App, _args: argparse.Namespace) -> int:
+def cmd_wait(
+    app: App,
+    _args: argparse.Namespace,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
     settings = app.settings
     log = logs.get_logger("schemad.wait")
-    deadline = time.monotonic() + settings.wait_timeout_seconds
+    deadline = clock() + settings.wait_timeout_seconds
     last = "nothing read yet"
     while True:
         try:
@@ -267,14 +285,14 @@ def cmd_wait(app: App, _args: argparse.Namespace) -> int:
             last = plan.message
         except DatabaseUnavailableError as exc:
             last = exc.message
-        if time.monotonic() >= deadline:
+        if clock() >= deadline:
             raise WaitTimeoutError(
                 f"the database did not reach the target '{settings.target_revision}' "
                 f"within {settings.wait_timeout_seconds:g}s "
                 f"(SCHEMAD_WAIT_TIMEOUT_SECONDS); last seen: {app.database.redact(last)}"
             )
         log.info("schema_pending", detail=app.database.redact(last))
-        time.sleep(min(settings.wait_interval_seconds, max(deadline - time.monotonic(), 0)))
+        sleep(min(settings.wait_interval_seconds, max(deadline - clock(), 0)))
 
 
 def cmd_run(app: App, _args: argparse.Namespace) -> int:
@@ -305,7 +323,12 @@ def cmd_run(app: App, _args: argparse.Namespace) -> int:
     finally:
         server.stop()
     if daemon.config_error is not None:
-        return daemon.config_error.exit_code
+        error = daemon.config_error
+        code = exit_code(error)
+        logs.get_logger("schemad.daemon").error(
+            "config_invalid", error=error.message, exit_code=code
+        )
+        return code
     if not clean:
         # The pass's thread is still inside a revision and the interpreter would
         # wait for it at exit, past the grace period: leave now. The database
@@ -412,46 +435,12 @@ def _status_exit_code(plan: Plan) -> int:
     if plan.kind in (PlanKind.IN_SYNC, PlanKind.AHEAD):
         return EXIT_OK
     if plan.kind is PlanKind.REFUSED:
-        return 65
+        return EXIT_REFUSED
     return EXIT_BEHIND
 
 
 def _reason(plan: Plan) -> str:
     return plan.reason.value if plan.reason else "refused"
-
-
-def _plan_document(plan: Plan) -> dict[str, Any]:
-    return {
-        "kind": plan.kind.value,
-        "current": list(plan.current),
-        "target": list(plan.target),
-        "steps": [{"revision": s.revision, "message": s.message} for s in plan.steps],
-        "reason": plan.reason.value if plan.reason else None,
-        "message": plan.message,
-        "schema_ready": plan.schema_ready,
-    }
-
-
-def _status_document(app: App, inspection: Inspection, holder: LockHolder | None) -> dict[str, Any]:
-    plan = inspection.plan
-    return {
-        "database": app.database.masked_url,
-        "current": list(inspection.state.heads),
-        "target": {"spec": inspection.target.spec, "revisions": list(plan.target)},
-        "state": plan.kind.value,
-        "in_sync": plan.kind is PlanKind.IN_SYNC,
-        "pending": [{"revision": s.revision, "message": s.message} for s in plan.steps]
-        if plan.has_work
-        else [],
-        "reason": plan.reason.value if plan.reason else None,
-        "message": app.database.redact(plan.message),
-        "lock": {
-            "held": holder is not None,
-            "holder": holder.description if holder else None,
-            "held_seconds": holder.held_seconds if holder else None,
-        },
-        **audit_document(inspection.tampered, inspection.newer),
-    }
 
 
 def _print_status(app: App, inspection: Inspection, holder: LockHolder | None) -> None:
@@ -501,12 +490,9 @@ def _print_json(out: TextIO, document: dict[str, Any]) -> None:
     out.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
 
 
-def _secrets(settings: Settings) -> list[str]:
+def _secrets(settings: Settings) -> Secrets:
     try:
-        password = settings.url().password
+        url = settings.url()
     except ConfigError:
-        return []
-    if not password:
-        return []
-    text = str(password)
-    return [text, quote_plus(text), quote(text, safe="")]
+        return Secrets()
+    return Secrets.of_url(url.password and str(url.password), url.query)

@@ -25,7 +25,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from schemad import logs
 from schemad.database import Database
-from schemad.errors import DatabaseUnavailableError, MigrationFailedError
+from schemad.errors import (
+    DatabaseUnavailableError,
+    DriftPermissionError,
+    MigrationFailedError,
+)
 from schemad.revisions import Scripts, make_config
 
 SCRATCH_PREFIX = "schemad_scratch_"
@@ -73,10 +77,6 @@ class DriftReport:
                 for d in self.differences
             ],
         }
-
-
-class DriftPermissionError(DatabaseUnavailableError):
-    """The user may not create the scratch database drift checks need."""
 
 
 def compare(expected: Mapping[str, Table], live: Mapping[str, Table]) -> tuple[Difference, ...]:
@@ -194,13 +194,13 @@ class DriftChecker:
         with self._scratch() as scratch:
             self._migrate(scripts, scratch, heads)
             try:
-                with scratch.engine.connect() as conn:
+                with scratch.connect() as conn:
                     expected = snapshot(conn, exclude=self.exclude | {_ALEMBIC_VERSION_TABLE})
-                with self.database.engine.connect() as conn:
+                with self.database.connect() as conn:
                     live = snapshot(conn, exclude=self.exclude)
             except SQLAlchemyError as exc:
                 raise DatabaseUnavailableError(
-                    f"cannot reflect the schema: {self.database.redact(str(exc))}"
+                    f"cannot reflect the schema: {self.database.describe(exc)}"
                 ) from exc
         return DriftReport(heads, compare(expected, live))
 
@@ -213,14 +213,14 @@ class DriftChecker:
             script_location=scripts.config.get_main_option("script_location"),
         )
         try:
-            with scratch.engine.connect() as conn, logs.preserved():
+            with scratch.connect() as conn, logs.preserved():
                 config.attributes["connection"] = conn
                 for head in heads:
                     command.upgrade(config, head)
                 conn.commit()
         except SQLAlchemyError as exc:
             raise DatabaseUnavailableError(
-                f"cannot migrate the scratch database: {self.database.redact(str(exc))}"
+                f"cannot migrate the scratch database: {self.database.describe(exc)}"
             ) from exc
         except Exception as exc:  # the project's own migration code
             raise MigrationFailedError(
@@ -232,7 +232,7 @@ class DriftChecker:
     @contextlib.contextmanager
     def _scratch(self) -> Iterator[Database]:
         name = f"{SCRATCH_PREFIX}{uuid.uuid4().hex[:10]}"
-        if self.database.backend == "sqlite":
+        if self.database.dialect.file_based:
             with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX) as directory:
                 scratch = _like(
                     self.database,
@@ -253,31 +253,34 @@ class DriftChecker:
 
     def _create(self, name: str) -> None:
         try:
-            with self.database.engine.connect() as conn:
-                conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
-                    f"CREATE DATABASE {name}"
-                )
+            self._autocommit(self.database.dialect.create_scratch(name))
         except SQLAlchemyError as exc:
             if _no_privilege(exc):
                 raise DriftPermissionError(_privilege_message(self.database, name)) from exc
             raise DatabaseUnavailableError(
-                f"cannot create the scratch database {name}: "
-                f"{self.database.redact(str(getattr(exc, 'orig', exc)))}"
+                f"cannot create the scratch database {name}: {self.database.describe(exc)}"
             ) from exc
 
     def _drop(self, name: str) -> None:
-        force = " WITH (FORCE)" if self.database.backend == "postgresql" else ""
         try:
-            with self.database.engine.connect() as conn:
-                conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
-                    f"DROP DATABASE IF EXISTS {name}{force}"
-                )
-        except SQLAlchemyError as exc:
+            self._autocommit(self.database.dialect.drop_scratch(name))
+        except (SQLAlchemyError, DatabaseUnavailableError) as exc:
+            message = exc.message if isinstance(exc, DatabaseUnavailableError) else None
             self._log.error(
                 "drift_scratch_not_dropped",
                 database=name,
-                error=self.database.redact(str(getattr(exc, "orig", exc))),
+                error=message or self.database.describe(exc),
             )
+
+    def _autocommit(self, sql: str) -> None:
+        """One statement outside any transaction (CREATE/DROP DATABASE).
+
+        Raises:
+            DatabaseUnavailableError: the server cannot be reached.
+            SQLAlchemyError: the statement failed.
+        """
+        with self.database.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(sql)
 
 
 def _like(database: Database, url: URL) -> Database:
@@ -285,6 +288,7 @@ def _like(database: Database, url: URL) -> Database:
         url,
         version_table=database.version_table,
         version_table_schema=database.version_table_schema,
+        connect_timeout_seconds=database.connect_timeout_seconds,
     )
 
 
@@ -303,10 +307,7 @@ def _no_privilege(exc: SQLAlchemyError) -> bool:
 
 def _privilege_message(database: Database, name: str) -> str:
     user = database.url.username or "the schemad user"
-    if database.backend == "postgresql":
-        grant = f"ALTER ROLE {user} CREATEDB"
-    else:
-        grant = f"GRANT ALL ON `{SCRATCH_PREFIX}%`.* TO '{user}'"
+    grant = database.dialect.grant_scratch(user, SCRATCH_PREFIX)
     return (
         f"drift checks need to create a scratch database ({name}) on the same server, "
         f"and {user} may not; grant it ({grant}) or turn drift checks off "

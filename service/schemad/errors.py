@@ -1,15 +1,20 @@
-"""The exception tree; every error a user can cause maps to one exit code.
+"""The exception tree. Each error names its outcome; ``cli`` alone maps
+outcomes to exit codes.
 
 ::
 
-    SchemadError                  base; never raised directly
-    ├── ConfigError               settings missing or invalid           exit 78
-    ├── ScriptError               migration files missing or broken     exit 66
-    ├── DatabaseUnavailableError  connect, ping or version read failed  exit 69
-    ├── LockTimeoutError          another instance holds the lock       exit 75
-    ├── WaitTimeoutError          `wait` gave up before the target      exit 75
-    ├── PlanRejectedError         policy refused the plan               exit 65
-    └── MigrationFailedError      a revision raised while applying      exit 70
+    SchemadError                  base; never raised directly        outcome
+    ├── ConfigError               settings missing or invalid           config_error
+    ├── ScriptError               migration files missing or broken     script_error
+    ├── DatabaseUnavailableError  connect, ping or version read failed  unavailable
+    │   └── DriftPermissionError  may not create a drift scratch database
+    ├── LockTimeoutError          another instance holds the lock       lock_timeout
+    ├── WaitTimeoutError          `wait` gave up before the target      wait_timeout
+    ├── PlanRejectedError         policy refused the plan               refused
+    └── MigrationFailedError      a revision raised while applying      failed
+
+    LockNotNeeded                 not an error: while a pass waited for the lock,
+                                  the holder did the work it wanted the lock for
 
 Library exceptions (SQLAlchemy, Alembic, pydantic) are translated into these
 at the edges with ``raise ... from``; nothing above the edges sees them.
@@ -19,11 +24,14 @@ contain a password.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class SchemadError(Exception):
     """Base of every error schemad reports to a user."""
 
-    exit_code: int = 1
+    outcome: ClassVar[str] = "internal_error"
+    """How a command or pass ends with this error; a pass outcome where one exists."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -33,7 +41,7 @@ class SchemadError(Exception):
 class ConfigError(SchemadError):
     """A setting is missing or invalid; nothing was touched."""
 
-    exit_code = 78
+    outcome = "config_error"
 
     def __init__(self, message: str, *, variable: str | None = None) -> None:
         super().__init__(message)
@@ -43,19 +51,23 @@ class ConfigError(SchemadError):
 class ScriptError(SchemadError):
     """The migration scripts cannot be loaded (missing, broken, cyclic)."""
 
-    exit_code = 66
+    outcome = "script_error"
 
 
 class DatabaseUnavailableError(SchemadError):
     """The database could not be reached or its version table not read."""
 
-    exit_code = 69
+    outcome = "unavailable"
+
+
+class DriftPermissionError(DatabaseUnavailableError):
+    """The user may not create the scratch database drift checks need."""
 
 
 class LockTimeoutError(SchemadError):
     """The migration lock stayed held by another instance past the bound."""
 
-    exit_code = 75
+    outcome = "lock_timeout"
 
     def __init__(self, message: str, *, holder: str | None = None) -> None:
         super().__init__(message)
@@ -65,13 +77,13 @@ class LockTimeoutError(SchemadError):
 class WaitTimeoutError(SchemadError):
     """`schemad wait` timed out before the database reached the target."""
 
-    exit_code = 75
+    outcome = "wait_timeout"
 
 
 class PlanRejectedError(SchemadError):
     """The planner refused to move the database toward the target."""
 
-    exit_code = 65
+    outcome = "refused"
 
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
@@ -81,7 +93,7 @@ class PlanRejectedError(SchemadError):
 class MigrationFailedError(SchemadError):
     """A revision raised while it was being applied."""
 
-    exit_code = 70
+    outcome = "failed"
 
     def __init__(
         self,
@@ -95,3 +107,27 @@ class MigrationFailedError(SchemadError):
         self.revision = revision
         self.direction = direction
         self.duration_seconds = duration_seconds
+
+
+class LockNotNeeded(Exception):
+    """While we waited, the lock holder did the work we wanted the lock for."""
+
+    def __init__(self, waited_seconds: float) -> None:
+        super().__init__(f"not needed after {waited_seconds:.3f}s")
+        self.waited_seconds = waited_seconds
+
+
+def first_line(exc: BaseException, *, with_type: bool = True) -> str:
+    """``Type: first line`` of an error, a driver's own error where there is one.
+
+    SQLAlchemy appends the statement and its parameters to a driver error's
+    text; the driver's first line is what a reader needs (and never carries
+    bound parameters). Callers mask the result before it leaves the process.
+    """
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    text = lines[0].strip() if lines else ""
+    name = type(orig).__name__
+    if not with_type:
+        return text or name
+    return f"{name}: {text}" if text else name

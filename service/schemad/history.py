@@ -1,20 +1,22 @@
-"""EDGE: schemad's audit history table, and revision file checksums.
+"""EDGE: schemad's audit history table.
 
 Alembic stores only the current revision. schemad also keeps a log, one row
 per revision applied, reverted, failed or adopted, with timings, the
 deployment identity and the checksum of the revision file as it was applied.
 The table is created (and extended with new columns) by schemad itself,
-idempotently.
+idempotently, before a pass applies anything.
 
-Writing history never breaks a migration: rows are written on their own
-connection after the revision has committed, and a failed write is logged
-and counted, never raised.
+A revision's row is written on the migration's own connection, inside the
+revision's transaction, so it commits (or rolls back) with the revision.
+Rows about no revision in particular (adoption, a failure, a graceful stop)
+are written on a connection of their own. Writing history never breaks a
+migration: a failed write is logged and counted by the pass's journal.
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,9 +27,10 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import SQLAlchemyError
 
 from schemad import __version__
-from schemad.audit import AppliedRecord
+from schemad.audit import HistorySnapshot, summarize
 from schemad.database import Database
 from schemad.errors import DatabaseUnavailableError
+from schemad.model import Direction, HistoryOutcome
 from schemad.settings import IdentitySettings
 
 ERROR_MAX_CHARS = 2000
@@ -66,6 +69,22 @@ class HistoryRow:
             value = data[key]
             data[key] = value.isoformat() if value is not None else None
         return data
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row to write: what happened to one revision in one pass."""
+
+    revision: str
+    direction: Direction
+    outcome: HistoryOutcome
+    parents: tuple[str, ...] = ()
+    checksum: str | None = None
+    run_id: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_seconds: float | None = None
+    error: str | None = None
 
 
 def history_table(name: str, schema: str | None, metadata: sa.MetaData) -> sa.Table:
@@ -109,6 +128,7 @@ class History:
         self.table = history_table(table, schema, sa.MetaData())
         # Built once, so that SQLAlchemy's compiled-statement cache serves
         # every revision's write.
+        self._insert = self.table.insert()
         self._finish_started = self.table.update().where(
             self.table.c.id == sa.bindparam("started_id")
         )
@@ -117,6 +137,11 @@ class History:
     @property
     def name(self) -> str:
         return self.table.fullname
+
+    @property
+    def ready(self) -> bool:
+        """Whether the table is known to exist with every column."""
+        return self._ready
 
     def ensure_table(self) -> None:
         """Create the table, or add columns a newer schemad defines.
@@ -137,7 +162,7 @@ class History:
         except SQLAlchemyError as exc:
             raise DatabaseUnavailableError(
                 f"cannot create the history table {self.name}: "
-                f"{self.database.redact(str(getattr(exc, 'orig', exc)))}; grant schemad "
+                f"{self.database.describe(exc)}; grant schemad "
                 "CREATE on the database or create the table by hand"
             ) from exc
         self._ready = True
@@ -154,91 +179,110 @@ class History:
                 f"ADD COLUMN {preparer.format_column(column)} {kind}"
             )
 
-    def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Append rows (a dict per row, identity and version added here).
+    def write(self, entries: Sequence[Entry]) -> None:
+        """Append rows on a connection of their own (creating the table first).
 
         Raises:
-            SQLAlchemyError: the write failed (callers log and count it).
+            SQLAlchemyError, DatabaseUnavailableError: the write failed
+                (callers log and count it).
         """
-        if not rows:
+        if not entries:
             return
-        values = [self._values(row) for row in rows]
+        self.ensure_table()
         with self._session() as conn:
-            conn.execute(self.table.insert(), values)
+            conn.execute(self._insert, [self._values(entry) for entry in entries])
             conn.commit()
 
-    def start(self, row: Mapping[str, Any]) -> int:
+    def start(self, entry: Entry) -> int:
         """Insert a row with outcome "started"; return its id for :meth:`finish`.
 
         Raises:
-            SQLAlchemyError: the write failed (callers log and count it).
+            SQLAlchemyError, DatabaseUnavailableError: the write failed.
         """
-        values = self._values({**row, "outcome": "started"})
+        self.ensure_table()
+        values = self._values(entry, outcome=HistoryOutcome.STARTED)
         with self._session() as conn:
-            result = conn.execute(self.table.insert(), values)
-            key: Any = result.inserted_primary_key
+            key: Any = conn.execute(self._insert, values).inserted_primary_key
             conn.commit()
             return int(key[0])
 
-    def finish(self, row_id: int, row: Mapping[str, Any]) -> None:
+    def finish(self, row_id: int, entry: Entry) -> None:
         """Complete a started row in place (outcome, times, error, ...).
 
         Raises:
-            SQLAlchemyError: the write failed (callers log and count it).
+            SQLAlchemyError, DatabaseUnavailableError: the write failed.
         """
-        values = self._values(row)
+        self.ensure_table()
         with self._session() as conn:
-            conn.execute(self.table.update().where(self.table.c.id == row_id).values(values))
+            conn.execute(self._finish_started, {**self._values(entry), "started_id": row_id})
             conn.commit()
 
-    def record_in(
-        self, conn: sa.Connection, row: Mapping[str, Any], *, started_id: int | None
-    ) -> None:
-        """Write a row on the migration's own connection, inside a savepoint.
+    def record_in(self, conn: sa.Connection, entry: Entry, *, started_id: int | None) -> None:
+        """Write a row on the migration's own connection, inside its transaction.
 
         Called inside the revision's transaction, the row commits together
         with the revision (no extra commit, and no row for a revision that
-        rolled back). The savepoint keeps a failing write from aborting the
-        revision's transaction.
+        rolled back). Where a failed statement aborts the whole transaction,
+        a savepoint keeps a failing write from taking the revision with it.
 
         Raises:
-            SQLAlchemyError: the write failed and was rolled back to the
-                savepoint (callers log and count it).
+            SQLAlchemyError, DatabaseUnavailableError: the write failed (and
+                was rolled back alone; callers log and count it).
         """
-        if not self._ready:
-            # Creating it now would need a second connection while the
-            # revision's transaction holds its locks.
-            raise DatabaseUnavailableError(f"the history table {self.name} is not available")
-        values = self._values(row)
-        with _statement_scope(conn):
+        self._require_table()
+        values = self._values(entry)
+        with self._statement_scope(conn):
             if started_id is None:
-                conn.execute(self.table.insert(), values)
+                conn.execute(self._insert, values)
             else:
                 conn.execute(self._finish_started, {**values, "started_id": started_id})
 
-    def start_in(self, conn: sa.Connection, row: Mapping[str, Any]) -> int:
-        """Insert a "started" row on the migration's connection, in a savepoint.
+    def start_in(self, conn: sa.Connection, entry: Entry) -> int:
+        """Insert a "started" row on the migration's connection.
 
         Raises:
-            SQLAlchemyError: the write failed (rolled back to the savepoint).
+            SQLAlchemyError, DatabaseUnavailableError: the write failed.
         """
+        self._require_table()
+        values = self._values(entry, outcome=HistoryOutcome.STARTED)
+        with self._statement_scope(conn):
+            key: Any = conn.execute(self._insert, values).inserted_primary_key
+        return int(key[0])
+
+    def _require_table(self) -> None:
+        # Creating it now would need a second connection while the revision's
+        # transaction holds its locks: it is made before the pass applies.
         if not self._ready:
             raise DatabaseUnavailableError(f"the history table {self.name} is not available")
-        values = self._values({**row, "outcome": "started"})
-        with _statement_scope(conn):
-            key: Any = conn.execute(self.table.insert(), values).inserted_primary_key
-        return int(key[0])
+
+    @contextmanager
+    def _statement_scope(self, conn: sa.Connection) -> Iterator[None]:
+        if self.database.dialect.history_needs_savepoint:
+            with conn.begin_nested():
+                yield
+        else:
+            yield
 
     @contextmanager
     def _session(self) -> Iterator[sa.Connection]:
         # Bounded like every short exchange: a silent network must not hang a
         # pass in its bookkeeping.
-        with self.database.connect() as conn, self.database.deadline(conn):
+        with self.database.connect() as conn, self.database.exchange(conn, translate=False):
             yield conn
 
-    def _values(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        self.ensure_table()
-        stamp = {
+    def _values(self, entry: Entry, *, outcome: HistoryOutcome | None = None) -> dict[str, Any]:
+        error = entry.error
+        return {
+            "revision": entry.revision,
+            "parents": ",".join(entry.parents),
+            "direction": entry.direction.value,
+            "outcome": (outcome or entry.outcome).value,
+            "started_at": entry.started_at,
+            "finished_at": entry.finished_at,
+            "duration_seconds": entry.duration_seconds,
+            "error": self.database.redact(error)[:ERROR_MAX_CHARS] if error else None,
+            "checksum": entry.checksum,
+            "run_id": entry.run_id,
             "schemad_version": __version__,
             "hostname": self.hostname,
             "pod_name": self.identity.pod_name,
@@ -248,12 +292,6 @@ class History:
             "chart_version": self.identity.helm_chart,
             "app_version": self.identity.app_version,
         }
-        value = {**stamp, **row}
-        value["parents"] = ",".join(row.get("parents", ()))
-        error = value.get("error")
-        if error:
-            value["error"] = self.database.redact(str(error))[:ERROR_MAX_CHARS]
-        return value
 
     def rows(
         self,
@@ -283,63 +321,17 @@ class History:
                 result = conn.execute(query).mappings().all()
         except SQLAlchemyError as exc:
             raise DatabaseUnavailableError(
-                f"cannot read the history table {self.name}: "
-                f"{self.database.redact(str(getattr(exc, 'orig', exc)))}"
+                f"cannot read the history table {self.name}: {self.database.describe(exc)}"
             ) from exc
         return [_row(mapping) for mapping in result]
 
-    def interrupted(self) -> set[str]:
-        """Revisions whose last row says "started": cut off while being applied.
+    def snapshot(self) -> HistorySnapshot:
+        """One read of the whole table, reduced to what the audit needs.
 
         Raises:
             DatabaseUnavailableError: the table exists but cannot be read.
         """
-        last: dict[str, str] = {}
-        for row in reversed(self.rows()):
-            last[row.revision] = row.outcome
-        return {revision for revision, outcome in last.items() if outcome == "started"}
-
-    def summary(self) -> tuple[dict[str, str], dict[str, AppliedRecord]]:
-        """Per revision: the checksum it was last applied or adopted with, and
-        the last time it was applied (who, when, parents).
-
-        Raises:
-            DatabaseUnavailableError: the table exists but cannot be read.
-        """
-        recorded: dict[str, str] = {}
-        applied: dict[str, AppliedRecord] = {}
-        for row in reversed(self.rows()):
-            if row.direction == "downgrade" and row.outcome == "applied":
-                recorded.pop(row.revision, None)
-                continue
-            if row.direction != "upgrade" or row.outcome not in ("applied", "adopted"):
-                continue
-            if row.checksum:
-                recorded[row.revision] = row.checksum
-            if row.outcome == "applied":
-                applied[row.revision] = AppliedRecord(
-                    row.revision,
-                    row.parents,
-                    row.finished_at.isoformat() if row.finished_at else None,
-                    row.pod_name or row.hostname,
-                    row.image,
-                )
-        return recorded, applied
-
-
-@contextmanager
-def _statement_scope(conn: sa.Connection) -> Iterator[None]:
-    """Keep a failing history write from taking the revision down with it.
-
-    PostgreSQL aborts the whole transaction on any error, so the write needs a
-    savepoint there. MySQL/MariaDB and SQLite roll back only the failed
-    statement, so the savepoint's two extra round trips are saved.
-    """
-    if conn.dialect.name == "postgresql":
-        with conn.begin_nested():
-            yield
-    else:
-        yield
+        return summarize(reversed(self.rows()))
 
 
 def now() -> datetime:

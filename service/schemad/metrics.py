@@ -11,9 +11,9 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from schemad import __version__
-from schemad.model import Outcome, Result
+from schemad.model import Direction, Outcome, Result
 
-DIRECTIONS = ("upgrade", "downgrade")
+DIRECTIONS = tuple(direction.value for direction in Direction)
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
 

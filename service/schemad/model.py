@@ -109,6 +109,26 @@ class Plan:
         return self.kind in (PlanKind.UPGRADE, PlanKind.DOWNGRADE)
 
 
+class Direction(enum.StrEnum):
+    """Which way a revision is applied."""
+
+    UPGRADE = "upgrade"
+    DOWNGRADE = "downgrade"
+
+
+class HistoryOutcome(enum.StrEnum):
+    """What a history row says happened to its revision."""
+
+    STARTED = "started"
+    """Written before a revision runs where DDL is not transactional."""
+    APPLIED = "applied"
+    FAILED = "failed"
+    ADOPTED = "adopted"
+    """Applied before schemad kept history; its checksum recorded on first sight."""
+    NOT_STARTED = "not_started"
+    """Marked started, then a graceful stop came first."""
+
+
 class Outcome(enum.StrEnum):
     """How a reconcile pass ended; a small fixed set (a metric label)."""
 
@@ -129,7 +149,7 @@ class AppliedStep:
 
     revision: str
     message: str
-    direction: str
+    direction: Direction
     duration_seconds: float
 
 
@@ -161,6 +181,17 @@ class LockHolder:
 
 
 @dataclass(frozen=True)
+class Inspection:
+    """What the database and the scripts say now, and the plan that follows."""
+
+    state: DbState
+    target: Target
+    plan: Plan
+    tampered: tuple[Tampered, ...] = ()
+    newer: tuple[NewerRevision, ...] = ()
+
+
+@dataclass(frozen=True)
 class Result:
     """Everything one reconcile pass found and did."""
 
@@ -176,7 +207,6 @@ class Result:
     lock_wait_seconds: float = 0.0
     lock_holder: LockHolder | None = None
     error: str | None = None
-    exit_code: int = 0
     tampered: tuple[Tampered, ...] = ()
     newer: tuple[NewerRevision, ...] = ()
     history_write_failures: int = 0

@@ -36,6 +36,8 @@ def make_plan(
         target: the configured target, resolved against ``graph``.
         policy: whether downgrades, unknown and tampered revisions are acceptable.
         tampered: applied revisions whose files changed since they were applied.
+        interrupted: revisions cut off half-way where DDL is not transactional
+            (only known under the lock: without it they may be running).
 
     Returns:
         A plan: in sync, upgrade or downgrade through ordered steps, ahead

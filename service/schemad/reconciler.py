@@ -1,9 +1,11 @@
 """One reconcile pass: read -> plan -> lock -> re-read, re-plan -> apply ->
 release -> verify -> Result.
 
-Every error a pass can meet ends up in the Result (outcome, message, exit
-code); only a bad configuration escapes as an exception, because that one
-must stop the process.
+Every error a pass can meet ends up in the Result (outcome and message);
+only a bad configuration escapes as an exception, because that one must
+stop the process. What a pass writes to the history goes through its
+journal (:mod:`schemad.journal`); what it concludes from the history comes
+from the pure :mod:`schemad.audit` over one read of it.
 """
 
 from __future__ import annotations
@@ -11,32 +13,41 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
-from typing import Any
+from functools import partial
+from typing import Any, Protocol, cast
 
 import structlog
 from alembic.config import Config
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import Connection
 
 from schemad import logs
-from schemad.applier import Applied, InTransactionCallback, apply_plan
-from schemad.audit import explain_newer, find_tampered, newer_revisions, to_adopt
-from schemad.database import Database, LockNotNeeded, StatementGuard
+from schemad.applier import Applied, StepObserver, apply_plan
+from schemad.audit import (
+    HistorySnapshot,
+    explain_newer,
+    find_tampered,
+    newer_revisions,
+    to_adopt,
+)
+from schemad.database import Database
+from schemad.deadline import StatementGuard
 from schemad.drift import DriftChecker, DriftReport
 from schemad.errors import (
     ConfigError,
     DatabaseUnavailableError,
-    LockTimeoutError,
+    LockNotNeeded,
     MigrationFailedError,
     PlanRejectedError,
     SchemadError,
-    ScriptError,
 )
-from schemad.history import History, now
+from schemad.history import History
+from schemad.journal import Journal, NullJournal
+from schemad.locks import WaitCallback
 from schemad.model import (
-    AppliedStep,
     DbState,
+    Inspection,
     LockHolder,
     NewerRevision,
     Outcome,
@@ -57,53 +68,106 @@ _OUTCOME_OF_PLAN = {
     PlanKind.AHEAD: Outcome.AHEAD,
     PlanKind.REFUSED: Outcome.REFUSED,
 }
-_OUTCOME_OF_ERROR: dict[type[SchemadError], Outcome] = {
-    DatabaseUnavailableError: Outcome.UNAVAILABLE,
-    LockTimeoutError: Outcome.LOCK_TIMEOUT,
-    MigrationFailedError: Outcome.FAILED,
-    ScriptError: Outcome.SCRIPT_ERROR,
-}
 _LOCK_LOG_EVERY_SECONDS = 5.0
 # A migrations directory changed this recently may still be receiving a file.
 _SETTLE_NS = 2_000_000_000
+ApplyFn = Callable[..., Applied]
+
+
+class DatabaseLike(Protocol):
+    """What a pass needs of the database (:class:`schemad.database.Database`)."""
+
+    @property
+    def transactional_ddl(self) -> bool: ...
+
+    def read_state(self) -> DbState: ...
+
+    def lock(
+        self,
+        wait_seconds: float,
+        on_wait: WaitCallback | None = None,
+        needed: Callable[[], bool] | None = None,
+    ) -> AbstractContextManager[float]: ...
+
+    def lock_holder(self) -> LockHolder | None: ...
+
+    def migration_connection(self) -> Connection: ...
+
+    def apply_session_timeouts(
+        self,
+        conn: Connection,
+        *,
+        lock_timeout_seconds: float | None,
+        statement_timeout_seconds: float | None,
+        async_commit: bool = False,
+    ) -> list[str]: ...
+
+    def statement_guard(
+        self, conn: Connection, statement_timeout_seconds: float | None
+    ) -> AbstractContextManager[StatementGuard]: ...
+
+    def make_durable(self, conn: Connection) -> None: ...
+
+    def explain_failure(self, exc: BaseException) -> str | None: ...
+
+    def redact(self, text: str) -> str: ...
 
 
 @dataclass(frozen=True)
-class Inspection:
-    """What the database and the scripts say now, without the lock."""
+class _Audited:
+    """For these scripts and database heads the history has been read,
+    checked and adopted: later passes need not read it again."""
 
-    state: DbState
-    target: Target
-    plan: Plan
-    tampered: tuple[Tampered, ...] = ()
-    newer: tuple[NewerRevision, ...] = ()
-
-
-@dataclass(frozen=True)
-class _Audit:
-    """The last tamper check: what it looked at, what it found, and the
-    history it read (with the pass that read it, for that pass's adoption)."""
-
-    key: object
+    loaded_at_ns: int
+    heads: tuple[str, ...]
     tampered: tuple[Tampered, ...]
-    recorded: dict[str, str]
-    run_id: object
+
+
+class _Reads:
+    """The history as one look (or one pass) read it: once for a given set
+    of database heads, again only when the heads moved or on request."""
+
+    def __init__(self, history: History | None, log: Any) -> None:
+        self.history = history
+        self.failed = False
+        self.warned: set[str] = set()
+        self._log = log
+        self._snapshot: HistorySnapshot | None = None
+        self._heads: tuple[str, ...] | None = None
+
+    def snapshot(self, heads: tuple[str, ...], *, fresh: bool = False) -> HistorySnapshot:
+        if self.history is None:
+            return HistorySnapshot()
+        if self._snapshot is None or fresh or heads != self._heads:
+            try:
+                self._snapshot, self.failed = self.history.snapshot(), False
+            except DatabaseUnavailableError as exc:
+                self._log.warning("history_unreadable", error=exc.message)
+                self._snapshot, self.failed = HistorySnapshot(), True
+            self._heads = heads
+        return self._snapshot
 
 
 @dataclass
 class _Pass:
     """What one pass has learnt so far, for the Result."""
 
+    run_id: str
+    journal: NullJournal
+    reads: _Reads
     plan: Plan | None = None
     heads_before: tuple[str, ...] = ()
     heads_after: tuple[str, ...] = ()
-    applied: list[AppliedStep] = field(default_factory=list)
     lock_wait_seconds: float = 0.0
     lock_holder: LockHolder | None = None
     tampered: tuple[Tampered, ...] = ()
     newer: tuple[NewerRevision, ...] = ()
-    history_write_failures: int = 0
-    started_rows: dict[str, int] = field(default_factory=dict)
+    last_lock_log: float = field(default=float("-inf"))
+
+    def saw(self, inspection: Inspection) -> None:
+        self.plan = inspection.plan
+        self.tampered, self.newer = inspection.tampered, inspection.newer
+        self.heads_before = self.heads_after = inspection.state.heads
 
 
 class Reconciler:
@@ -112,12 +176,14 @@ class Reconciler:
     def __init__(
         self,
         settings: Settings,
-        database: Database,
+        database: DatabaseLike,
         config: Config,
         *,
         history: History | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        load: Callable[[], Scripts] | None = None,
+        apply: ApplyFn = apply_plan,
     ) -> None:
         self.settings = settings
         self.database = database
@@ -128,20 +194,24 @@ class Reconciler:
             ignore_unknown_revisions=settings.on_unknown_revision == "ignore",
             block_on_tamper=settings.on_tamper == "block",
         )
-        self._audit: _Audit | None = None
         self._clock = clock
         self._wall_clock = wall_clock
+        self._load = load or partial(load_scripts, config)
+        self._apply = apply
         self._should_stop: Callable[[], bool] | None = None
-        self._on_lock_wait: Callable[[LockHolder | None, float], None] | None = None
+        self._on_lock_wait: WaitCallback | None = None
         self._scripts: Scripts | None = None
+        self._audited: _Audited | None = None
         self._log = logs.get_logger("schemad.reconciler")
-        self._last_lock_log = float("-inf")
+        # Read-only looks (`status`, each poll of `wait`) share one read of the
+        # history until the database's heads move.
+        self._looks = _Reads(history, self._log)
 
     def set_hooks(
         self,
         *,
         should_stop: Callable[[], bool] | None = None,
-        on_lock_wait: Callable[[LockHolder | None, float], None] | None = None,
+        on_lock_wait: WaitCallback | None = None,
     ) -> None:
         """Let the daemon stop a pass between revisions and watch lock waits."""
         self._should_stop = should_stop
@@ -158,7 +228,7 @@ class Reconciler:
             current.fingerprint, loaded_at_ns=current.loaded_at_ns, settle_ns=_SETTLE_NS
         ):
             return current
-        loaded = load_scripts(self.config)
+        loaded = self._load()
         if current is not None:
             self._log.info(
                 "scripts_reloaded",
@@ -168,12 +238,10 @@ class Reconciler:
         self._scripts = loaded
         return loaded
 
-    def inspect(self, *, adopt: bool = False, locked: bool = False) -> Inspection:
-        """Read the version table (and history) and plan, without the lock.
+    def inspect(self, *, locked: bool = False) -> Inspection:
+        """Read the version table (and history) and plan, changing nothing.
 
         Args:
-            adopt: record checksums of applied revisions the history has not
-                seen yet (a pass does; read-only commands do not).
             locked: the caller holds the migration lock, so a revision the
                 history shows as started but not finished is not being
                 applied by anyone: it was interrupted. Without the lock it
@@ -182,64 +250,72 @@ class Reconciler:
         Raises:
             ScriptError, DatabaseUnavailableError: as their names say.
         """
-        scripts = self.scripts()
+        return self._inspect(self.scripts(), self._looks, locked=locked)
+
+    def inspect_as_a_pass_would(self) -> Inspection:
+        """The inspection a pass would make, for read-only commands.
+
+        Where DDL is not transactional, a revision marked started but never
+        finished was interrupted only if nobody is applying it: nobody holds
+        the lock before the look, nor after it (else it may be running now,
+        and the report says behind, as without history).
+
+        Raises:
+            ScriptError, DatabaseUnavailableError: as their names say.
+        """
+        if self.database.transactional_ddl:
+            return self.inspect()
+        inspection = self.inspect(locked=self.database.lock_holder() is None)
+        if (
+            inspection.plan.reason is RefusalReason.INTERRUPTED_REVISION
+            and self.database.lock_holder() is not None
+        ):
+            inspection = self.inspect()
+        return inspection
+
+    def _inspect(self, scripts: Scripts, reads: _Reads, *, locked: bool) -> Inspection:
         target = scripts.resolve(self.settings.target_revision)
         state = self.database.read_state()
-        tampered = self._tampered(scripts, state, adopt=adopt)
+        # Before the tamper check, which then reuses this fresh read.
+        interrupted = self._interrupted(state, reads) if locked else frozenset()
+        tampered = self._tampered(scripts, state, reads)
         plan = make_plan(
             scripts.graph,
             state,
             target,
             self.policy,
             tampered=[t.revision for t in tampered],
-            interrupted=self._interrupted() if locked else (),
+            interrupted=interrupted,
         )
         newer: tuple[NewerRevision, ...] = ()
         if plan.reason is RefusalReason.UNKNOWN_REVISION or plan.kind is PlanKind.AHEAD:
-            newer, hint = self._newer(scripts, state)
+            last_applied = reads.snapshot(state.heads).last_applied
+            newer, landed = newer_revisions(state.heads, scripts.graph.revisions, last_applied)
+            hint = explain_newer(newer, landed)
             if hint:
                 plan = replace(plan, message=f"{plan.message}. {hint}")
         return Inspection(state, target, plan, tampered, newer)
 
-    def _interrupted(self) -> set[str]:
-        """Revisions cut off half-way where DDL is not transactional."""
+    def _interrupted(self, state: DbState, reads: _Reads) -> frozenset[str]:
+        """Revisions cut off half-way, read afresh: another instance may have
+        marked one while we waited for the lock."""
         if self.history is None or self.database.transactional_ddl:
-            return set()
-        try:
-            found = self.history.interrupted()
-        except DatabaseUnavailableError as exc:
-            self._log.warning("history_unreadable", error=exc.message)
-            return set()
+            return frozenset()
+        found = reads.snapshot(state.heads, fresh=True).interrupted
         return found - {self.settings.retry_interrupted}
 
-    def _tampered(
-        self, scripts: Scripts, state: DbState, *, adopt: bool, progress: _Pass | None = None
-    ) -> tuple[Tampered, ...]:
+    def _tampered(self, scripts: Scripts, state: DbState, reads: _Reads) -> tuple[Tampered, ...]:
         if self.history is None:
             return ()
-        key = (scripts.loaded_at_ns, state.heads, adopt)
-        looked, adopted = (*key[:2], False), (*key[:2], True)
-        last = self._audit
-        cached = last.key if last is not None else None
-        # A look that adopted also answers a read-only one: nothing is left to adopt.
-        if last is not None and cached in (key, adopted):
-            return last.tampered
-        run_id = structlog.contextvars.get_contextvars().get("run_id")
-        if last is not None and cached == looked and last.run_id == run_id:
-            # A pass adopting right after its own look: the history it just
-            # read is what it adopts against (one read of the table, not two).
-            recorded = last.recorded
-        else:
-            try:
-                recorded, _applied = self.history.summary()
-            except DatabaseUnavailableError as exc:
-                self._log.warning("history_unreadable", error=exc.message)
-                return ()
-        graph = scripts.graph
-        applied = ancestors(graph, [h for h in state.heads if h in graph.revisions])
-        tampered = find_tampered(applied, recorded, scripts.checksums)
-        # Warn once per scripts and heads, not again when a pass adopts after looking.
-        for item in () if cached in (looked, adopted) else tampered:
+        audited = self._audited_for(scripts, state)
+        if audited is not None:
+            return audited.tampered
+        snapshot = reads.snapshot(state.heads)
+        tampered = find_tampered(_applied(scripts, state), snapshot.recorded, scripts.checksums)
+        for item in tampered:
+            if item.revision in reads.warned:
+                continue
+            reads.warned.add(item.revision)
             self._log.warning(
                 "revision_tampered",
                 revision=item.revision,
@@ -247,57 +323,32 @@ class Reconciler:
                 current_checksum=item.current_checksum,
                 blocks_upgrades=self.policy.block_on_tamper,
             )
-        adoptable = to_adopt(applied, recorded, scripts.checksums) if adopt else ()
-        written = not adoptable or self._write_history(
-            [self._adopted_row(scripts, r) for r in adoptable], progress
-        )
-        if adoptable and written:
-            self._log.info("revisions_adopted", revisions=list(adoptable))
-        # An adoption that could not be written is tried again by the next pass.
-        self._audit = _Audit(key if written else looked, tampered, recorded, run_id)
         return tampered
 
-    def _newer(self, scripts: Scripts, state: DbState) -> tuple[tuple[NewerRevision, ...], str]:
-        if self.history is None:
-            return (), ""
-        try:
-            _recorded, applied = self.history.summary()
-        except DatabaseUnavailableError:
-            return (), ""
-        newer, landed = newer_revisions(state.heads, scripts.graph.revisions, applied)
-        return newer, explain_newer(newer, landed)
+    def _adopt(self, scripts: Scripts, inspection: Inspection, run: _Pass) -> None:
+        """Record checksums of applied revisions the history has not seen yet.
 
-    def _adopted_row(self, scripts: Scripts, revision: str) -> dict[str, Any]:
-        return {
-            "revision": revision,
-            "parents": scripts.graph.revisions[revision].parents,
-            "direction": "upgrade",
-            "outcome": "adopted",
-            "finished_at": now(),
-            "checksum": scripts.checksums.get(revision),
-        }
+        With work pending only the lock holder adopts: a bystander would adopt
+        revisions another instance is applying right now (and on SQLite its
+        write makes that migration fail with "database is locked").
+        """
+        state = inspection.state
+        if self.history is None or self._audited_for(scripts, state) is not None:
+            return
+        snapshot = run.reads.snapshot(state.heads)
+        if run.reads.failed:
+            return
+        adoptable = to_adopt(_applied(scripts, state), snapshot.recorded, scripts.checksums)
+        if run.journal.adopt(adoptable):
+            self._audited = _Audited(scripts.loaded_at_ns, state.heads, inspection.tampered)
 
-    def _write_history(self, rows: list[dict[str, Any]], progress: _Pass | None = None) -> bool:
-        if self.history is None:
-            return True
-        run_id = structlog.contextvars.get_contextvars().get("run_id")
-        try:
-            self.history.write([{**row, "run_id": run_id} for row in rows])
-        except (SQLAlchemyError, SchemadError) as exc:
-            self._history_failed(exc, progress, len(rows))
-            return False
-        return True
-
-    def _history_failed(
-        self, exc: SQLAlchemyError | SchemadError, progress: _Pass | None, rows: int
-    ) -> None:
-        if isinstance(exc, SchemadError):
-            message = exc.message
-        else:  # the driver's first line: the full statement adds nothing
-            message = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        self._log.error("history_write_failed", error=self.database.redact(message))
-        if progress is not None:
-            progress.history_write_failures += rows
+    def _audited_for(self, scripts: Scripts, state: DbState) -> _Audited | None:
+        audited = self._audited
+        if audited is None:
+            return None
+        if (audited.loaded_at_ns, audited.heads) != (scripts.loaded_at_ns, state.heads):
+            return None
+        return audited
 
     def check_drift(self) -> DriftReport:
         """Compare the live schema with what its revision(s) should produce.
@@ -318,7 +369,9 @@ class Reconciler:
                 reason=RefusalReason.UNKNOWN_REVISION.value,
             )
         exclude = {self.settings.version_table, self.settings.history_table}
-        report = DriftChecker(self.database, exclude=exclude).check(scripts, state.heads)
+        # Drift reflects schemas through the engine: only a real Database has one.
+        database = cast(Database, self.database)
+        report = DriftChecker(database, exclude=exclude).check(scripts, state.heads)
         event = self._log.warning if report.drifted else self._log.info
         event(
             "drift_checked",
@@ -337,53 +390,66 @@ class Reconciler:
         """
         run_id = uuid.uuid4().hex[:12]
         started_at, start = self._wall_clock(), self._clock()
-        progress = _Pass()
+        run = _Pass(run_id, NullJournal(run_id, log=self._log), _Reads(self.history, self._log))
+        # Bound for the log lines of the pass (Alembic's too), never read back.
         with structlog.contextvars.bound_contextvars(run_id=run_id):
             self._log.debug("reconcile_started", target=self.settings.target_revision)
+            error: SchemadError | None = None
             try:
-                outcome = self._run(progress)
-                error: SchemadError | None = None
+                outcome = self._run(run)
             except ConfigError:
                 raise
             except SchemadError as exc:
-                outcome, error = _OUTCOME_OF_ERROR[type(exc)], exc
-            result = self._result(run_id, started_at, start, progress, outcome, error)
+                outcome, error = Outcome(exc.outcome), exc
+            result = self._result(run, started_at, start, outcome, error)
             self._log_finished(result)
         return result
 
-    def _run(self, progress: _Pass) -> Outcome:
-        # Adopting writes history rows: with work pending, only the lock holder
-        # may write, or a bystander adopts revisions that another instance is
-        # applying right now (and on SQLite its write makes that migration fail
-        # with "database is locked").
-        inspection = self.inspect()
-        progress.tampered, progress.newer = inspection.tampered, inspection.newer
-        progress.plan = inspection.plan
-        progress.heads_before = progress.heads_after = inspection.state.heads
-        if not inspection.plan.has_work:
-            self._tampered(self.scripts(), inspection.state, adopt=True, progress=progress)
-            return _OUTCOME_OF_PLAN[inspection.plan.kind]
+    def _run(self, run: _Pass) -> Outcome:
+        # One set of scripts for the whole pass, however the files change meanwhile.
+        scripts = self.scripts()
+        run.journal = self._journal(run.run_id, scripts)
+        return self._look_then_lock(scripts, run)
+
+    def _journal(self, run_id: str, scripts: Scripts) -> NullJournal:
+        if self.history is None:
+            return NullJournal(run_id, log=self._log, stop=self._should_stop)
+        return Journal(
+            run_id,
+            history=self.history,
+            scripts=scripts,
+            log=self._log,
+            redact=self.database.redact,
+            stop=self._should_stop,
+        )
+
+    def _look_then_lock(self, scripts: Scripts, run: _Pass) -> Outcome:
+        look = self._inspect(scripts, run.reads, locked=False)
+        run.saw(look)
+        if not look.plan.has_work:
+            self._adopt(scripts, look, run)
+            return _OUTCOME_OF_PLAN[look.plan.kind]
         self._log.info(
             "plan_made",
-            kind=inspection.plan.kind.value,
-            pending=[step.revision for step in inspection.plan.steps],
+            kind=look.plan.kind.value,
+            pending=[step.revision for step in look.plan.steps],
         )
         try:
             with self.database.lock(
                 self.settings.lock_wait_seconds,
-                on_wait=self._lock_waiting(progress),
-                needed=self._still_needed(inspection.target),
+                on_wait=self._lock_waiting(run),
+                needed=self._still_needed(look.target),
             ) as waited:
-                progress.lock_wait_seconds = waited
+                run.lock_wait_seconds = waited
                 self._log.info("lock_acquired", wait_seconds=round(waited, 3))
-                return self._apply_under_lock(progress)
+                return self._apply_under_lock(scripts, run)
         except LockNotNeeded as done:
             # The holder brought the database to the target: look again as a
             # new pass would, instead of queueing for the lock only to find
             # nothing left to do (replicas then finish together, not in turn).
             self._log.info("lock_not_needed", wait_seconds=round(done.waited_seconds, 3))
-            outcome = self._run(progress)
-            progress.lock_wait_seconds += done.waited_seconds
+            outcome = self._look_then_lock(scripts, run)
+            run.lock_wait_seconds += done.waited_seconds
             return outcome
 
     def _still_needed(self, target: Target) -> Callable[[], bool]:
@@ -397,75 +463,73 @@ class Reconciler:
 
         return needed
 
-    def _apply_under_lock(self, progress: _Pass) -> Outcome:
+    def _apply_under_lock(self, scripts: Scripts, run: _Pass) -> Outcome:
         # Someone may have migrated while we waited: plan again.
-        inspection = self.inspect(locked=True)
-        self._tampered(self.scripts(), inspection.state, adopt=True, progress=progress)
-        progress.tampered, progress.newer = inspection.tampered, inspection.newer
-        progress.plan = inspection.plan
-        progress.heads_before = progress.heads_after = inspection.state.heads
-        if not inspection.plan.has_work:
-            return _OUTCOME_OF_PLAN[inspection.plan.kind]
+        look = self._inspect(scripts, run.reads, locked=True)
+        self._adopt(scripts, look, run)
+        run.saw(look)
+        if not look.plan.has_work:
+            return _OUTCOME_OF_PLAN[look.plan.kind]
         connection = self.database.migration_connection()
         guard = self.database.statement_guard(connection, self.settings.statement_timeout_seconds)
         watchdogs: StatementGuard | None = None
         try:
-            unsupported = self.database.apply_session_timeouts(
+            for setting in self.database.apply_session_timeouts(
                 connection,
                 lock_timeout_seconds=self.settings.ddl_lock_timeout_seconds,
                 statement_timeout_seconds=self.settings.statement_timeout_seconds,
                 async_commit=self.settings.async_commit,
-            )
-            for setting in unsupported:
+            ):
                 self._log.warning("timeout_unsupported", setting=setting)
-            self._prepare_history()
+            run.journal.prepare()
             with guard as watchdogs:
-                applied = self._apply(inspection.plan, connection, progress, watchdogs)
+                applied = self._apply_steps(scripts, look.plan, connection, run.journal, watchdogs)
             self._make_durable(connection)
         except MigrationFailedError as exc:
             # When the database stopped answering, more round trips would only
             # each wait out their own timeout: report what we know and go.
             if not (watchdogs and watchdogs.fired):
                 self._make_durable(connection)
-                progress.heads_after = self._heads_or_unknown()
-                if exc.revision is not None:
-                    self._record_failure(exc, progress)
+                run.heads_after = self._heads_or_unknown()
+                run.journal.failed(exc)
             raise
         finally:
             connection.close()
         if applied.stopped:
-            self._abandon_started(progress)
-            progress.heads_after = self._heads_or_unknown()
+            run.journal.stopped()
+            run.heads_after = self._heads_or_unknown()
             self._log.warning(
                 "reconcile_interrupted",
                 steps_applied=len(applied.steps),
-                steps_left=len(inspection.plan.steps) - len(applied.steps),
+                steps_left=len(look.plan.steps) - len(applied.steps),
             )
             return Outcome.INTERRUPTED
-        return self._verify(progress, inspection.target)
+        return self._verify(run, look.target)
 
-    def _apply(
-        self, plan: Plan, connection: Any, progress: _Pass, watchdogs: StatementGuard
+    def _apply_steps(
+        self,
+        scripts: Scripts,
+        plan: Plan,
+        connection: Connection,
+        observer: StepObserver,
+        watchdogs: StatementGuard,
     ) -> Applied:
         def explain(exc: BaseException) -> str | None:
             return watchdogs.explain() or self.database.explain_failure(exc)
 
-        return apply_plan(
-            self.scripts(),
+        return self._apply(
+            scripts,
             connection,
             plan,
             self.settings.target_revision,
             version_table=self.settings.version_table,
             version_table_schema=self.settings.version_table_schema,
-            on_step=self._step_done(progress),
-            should_stop=self._should_stop,
-            on_start=self._step_started(progress),
-            in_transaction=self._in_transaction(progress),
+            observer=observer,
             explain=explain,
             clock=self._clock,
         )
 
-    def _make_durable(self, connection: Any) -> None:
+    def _make_durable(self, connection: Connection) -> None:
         # With asynchronous commits, what the pass applied is on disk once this
         # returns. If it cannot be confirmed, the version table read next says
         # where the database is; a server crash loses only whole revisions.
@@ -476,9 +540,9 @@ class Reconciler:
         except SchemadError as exc:
             self._log.warning("durable_commit_failed", error=exc.message)
 
-    def _verify(self, progress: _Pass, target: Target) -> Outcome:
+    def _verify(self, run: _Pass, target: Target) -> Outcome:
         after = self.database.read_state()
-        progress.heads_after = after.heads
+        run.heads_after = after.heads
         wanted = tuple(sorted(target.revisions or ()))
         if tuple(sorted(after.heads)) != wanted:
             raise MigrationFailedError(
@@ -494,144 +558,14 @@ class Reconciler:
         except SchemadError:
             return ()
 
-    def _record_failure(self, exc: MigrationFailedError, progress: _Pass) -> None:
-        row = self._history_row(
-            exc.revision or "",
-            exc.direction or "upgrade",
-            "failed",
-            exc.duration_seconds,
-            error=exc.message,
-        )
-        self._save_history(row, progress)
-
-    def _step_started(self, progress: _Pass) -> Callable[[str, str], None] | None:
-        # Only where DDL is not transactional: there a revision cut off half-way
-        # may have left changes behind, and this row is how the next pass knows.
-        if self.history is None or self.database.transactional_ddl:
-            return None
-
-        def mark(revision: str, direction: str) -> None:
-            if revision in progress.started_rows:  # marked with the previous revision
-                return
-            row = self._history_row(revision, direction, "started", None)
-            try:
-                progress.started_rows[revision] = self.history.start(row)  # type: ignore[union-attr]
-            except (SQLAlchemyError, SchemadError) as exc:
-                self._history_failed(exc, progress, 1)
-
-        return mark
-
-    def _prepare_history(self) -> None:
-        # Rows are written inside the revisions' transactions, where creating
-        # the table would be too late (and not transactional everywhere).
-        if self.history is None:
-            return
-        try:
-            self.history.ensure_table()
-        except SchemadError as exc:
-            self._history_failed(exc, None, 0)
-
-    def _in_transaction(self, progress: _Pass) -> InTransactionCallback | None:
-        if self.history is None:
-            return None
-        history = self.history
-
-        def record(
-            conn: Any, revision: str, direction: str, seconds: float, following: str | None
-        ) -> None:
-            row = self._history_row(revision, direction, "applied", seconds)
-            started = progress.started_rows.pop(revision, None)
-            try:
-                history.record_in(conn, row, started_id=started)
-            except (SQLAlchemyError, SchemadError) as exc:
-                self._history_failed(exc, progress, 1)
-            if following is not None and not self.database.transactional_ddl:
-                # The next revision's "started" mark commits with this one,
-                # saving it a connection and a commit of its own.
-                self._start_in(conn, following, direction, progress)
-
-        return record
-
-    def _start_in(self, conn: Any, revision: str, direction: str, progress: _Pass) -> None:
-        if self.history is None:
-            return
-        row = self._history_row(revision, direction, "started", None)
-        try:
-            progress.started_rows[revision] = self.history.start_in(conn, row)
-        except (SQLAlchemyError, SchemadError):
-            # Not fatal: the revision marks itself when it starts.
-            progress.started_rows.pop(revision, None)
-
-    def _abandon_started(self, progress: _Pass) -> None:
-        # A pass stopped between revisions may leave the next one marked as
-        # started although it never ran: say so, or it would look interrupted.
-        for revision, row_id in list(progress.started_rows.items()):
-            row = {**self._history_row(revision, "upgrade", "not_started", None)}
-            row.pop("direction")
-            try:
-                if self.history is not None:
-                    self.history.finish(row_id, row)
-            except (SQLAlchemyError, SchemadError) as exc:
-                self._history_failed(exc, progress, 1)
-        progress.started_rows.clear()
-
-    def _step_done(self, progress: _Pass) -> Callable[[AppliedStep], None]:
-        def record(step: AppliedStep) -> None:
-            progress.applied.append(step)
-            self._log.info(
-                "migration_applied",
-                revision=step.revision,
-                message=step.message,
-                direction=step.direction,
-                duration_seconds=round(step.duration_seconds, 4),
-            )
-
-        return record
-
-    def _history_row(
-        self,
-        revision: str,
-        direction: str,
-        outcome: str,
-        duration: float | None,
-        *,
-        error: str | None = None,
-    ) -> dict[str, Any]:
-        # The scripts this pass planned with: no reload (and no stat) per revision.
-        scripts = self._scripts if self._scripts is not None else self.scripts()
-        known = scripts.graph.revisions.get(revision)
-        finished = now()
-        return {
-            "revision": revision,
-            "parents": known.parents if known else (),
-            "direction": direction,
-            "outcome": outcome,
-            "started_at": finished - timedelta(seconds=duration or 0),
-            "finished_at": None if outcome == "started" else finished,
-            "duration_seconds": duration,
-            "error": error,
-            "checksum": scripts.checksums.get(revision),
-            "run_id": structlog.contextvars.get_contextvars().get("run_id"),
-        }
-
-    def _save_history(self, row: dict[str, Any], progress: _Pass) -> None:
-        started = progress.started_rows.pop(row["revision"], None)
-        if started is None or self.history is None:
-            self._write_history([row], progress)
-            return
-        try:
-            self.history.finish(started, row)
-        except (SQLAlchemyError, SchemadError) as exc:
-            self._history_failed(exc, progress, 1)
-
-    def _lock_waiting(self, progress: _Pass) -> Callable[[LockHolder | None, float], None]:
+    def _lock_waiting(self, run: _Pass) -> WaitCallback:
         def waiting(holder: LockHolder | None, waited: float) -> None:
-            progress.lock_holder = holder
+            run.lock_holder = holder
             if self._on_lock_wait is not None:
                 self._on_lock_wait(holder, waited)
             now = self._clock()
-            if now - self._last_lock_log >= _LOCK_LOG_EVERY_SECONDS:
-                self._last_lock_log = now
+            if now - run.last_lock_log >= _LOCK_LOG_EVERY_SECONDS:
+                run.last_lock_log = now
                 self._log.info(
                     "lock_waiting",
                     holder=holder.description if holder else None,
@@ -643,33 +577,30 @@ class Reconciler:
 
     def _result(
         self,
-        run_id: str,
+        run: _Pass,
         started_at: float,
         start: float,
-        progress: _Pass,
         outcome: Outcome,
         error: SchemadError | None,
     ) -> Result:
-        plan = progress.plan
+        plan = run.plan
         message = error.message if error else (plan.message if plan else "")
-        exit_code = error.exit_code if error else (65 if outcome is Outcome.REFUSED else 0)
         return Result(
             outcome=outcome,
-            run_id=run_id,
+            run_id=run.run_id,
             started_at=started_at,
             duration_seconds=self._clock() - start,
             target_spec=self.settings.target_revision,
             plan=plan,
-            applied=tuple(progress.applied),
-            heads_before=progress.heads_before,
-            heads_after=progress.heads_after,
-            lock_wait_seconds=progress.lock_wait_seconds,
-            lock_holder=progress.lock_holder,
+            applied=tuple(run.journal.applied),
+            heads_before=run.heads_before,
+            heads_after=run.heads_after,
+            lock_wait_seconds=run.lock_wait_seconds,
+            lock_holder=run.lock_holder,
             error=self.database.redact(message) if (error or outcome is Outcome.REFUSED) else None,
-            exit_code=exit_code,
-            tampered=progress.tampered,
-            newer=progress.newer,
-            history_write_failures=progress.history_write_failures,
+            tampered=run.tampered,
+            newer=run.newer,
+            history_write_failures=run.journal.write_failures,
         )
 
     def _log_finished(self, result: Result) -> None:
@@ -692,3 +623,9 @@ class Reconciler:
             self._log.warning("reconcile_finished", **fields)
         else:
             self._log.info("reconcile_finished", **fields)
+
+
+def _applied(scripts: Scripts, state: DbState) -> frozenset[str]:
+    """Every revision the database's known heads imply was applied."""
+    graph = scripts.graph
+    return ancestors(graph, [head for head in state.heads if head in graph.revisions])

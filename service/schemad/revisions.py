@@ -23,7 +23,7 @@ from alembic.util import CommandError
 from alembic.util.pyfiles import pyc_file_from_path
 from sqlalchemy.engine import URL
 
-from schemad.errors import ConfigError, ScriptError
+from schemad.errors import ConfigError, ScriptError, first_line
 from schemad.model import Graph, Revision, Target
 
 DEFAULT_SCRIPT_LOCATION = "migrations"
@@ -99,7 +99,7 @@ def load_scripts(config: Config) -> Scripts:
     except Exception as exc:  # a revision file that does not import: any error
         raise ScriptError(
             f"cannot load the migration scripts in {_location(config)}: "
-            f"{type(exc).__name__}: {_first_line(exc)}; fix the revision file "
+            f"{first_line(exc)}; fix the revision file "
             "(try `alembic history` to see the same error)"
         ) from exc
     # Taken after loading: importing the revisions may create versions/__pycache__.
@@ -185,7 +185,7 @@ def resolve_target(directory: ScriptDirectory, spec: str) -> Target:
     except MultipleHeads as exc:
         return Target(spec, None, "multiple_heads", ", ".join(exc.heads))
     except (ResolutionError, RangeNotAncestorError, CommandError, ValueError) as exc:
-        return Target(spec, None, "unknown_target", _first_line(exc))
+        return Target(spec, None, "unknown_target", first_line(exc, with_type=False))
     revisions = tuple(sorted(rev.revision for rev in found if isinstance(rev, AlembicRevision)))
     return Target(spec, revisions)
 
@@ -217,7 +217,7 @@ def _graph(directory: ScriptDirectory) -> tuple[Graph, dict[str, str | None]]:
 
 
 def _script_problem(config: Config, exc: CommandError) -> str:
-    text = _first_line(exc)
+    text = first_line(exc, with_type=False)
     if "doesn't exist" in text or "not a directory" in text.lower():
         return (
             f"migrations directory {_location(config)} does not exist; set "
@@ -237,8 +237,3 @@ def _script_problem(config: Config, exc: CommandError) -> str:
 
 def _location(config: Config) -> str:
     return config.get_main_option("script_location") or DEFAULT_SCRIPT_LOCATION
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -27,9 +27,8 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from schemad import logs
-from schemad.audit import audit_document
-from schemad.drift import DriftPermissionError
-from schemad.errors import ConfigError, SchemadError
+from schemad.documents import daemon_document, iso
+from schemad.errors import ConfigError, DriftPermissionError, SchemadError
 from schemad.metrics import Metrics
 from schemad.model import LockHolder, Outcome, Result
 from schemad.reconciler import Reconciler
@@ -113,8 +112,6 @@ class Daemon:
         reconciler.set_hooks(should_stop=self._stop.is_set, on_lock_wait=self._lock_waiting)
         metrics.interval.set(period_seconds(self._trigger))
 
-    # -- lifecycle ---------------------------------------------------------
-
     def start(self) -> None:
         """Schedule the first pass now and the rest by the trigger."""
         self._scheduler.add_job(
@@ -170,8 +167,6 @@ class Daemon:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
 
-    # -- one pass ------------------------------------------------------------
-
     def run_pass(self) -> Result | None:
         """Run one reconcile pass (from the scheduler's single worker)."""
         # Busy before looking at the stop flag, and until the pass is recorded:
@@ -190,7 +185,7 @@ class Daemon:
         try:
             result = self.reconciler.reconcile_once()
         except ConfigError as exc:
-            self._log.error("config_invalid", error=exc.message, exit_code=exc.exit_code)
+            # The command logs it with its exit code once the daemon has stopped.
             self.config_error = exc
             self.request_stop()
             return None
@@ -233,7 +228,7 @@ class Daemon:
 
     def _set_drift(self, document: dict[str, Any], checked_at: float) -> None:
         with self._lock:
-            self._drift = {**document, "checked_at": _iso(checked_at)}
+            self._drift = {**document, "checked_at": iso(checked_at)}
 
     def _record(self, result: Result) -> None:
         finished_at = self._wall_clock()
@@ -267,8 +262,6 @@ class Daemon:
         with self._lock:
             self._waiting_for = holder
 
-    # -- what the endpoints report ----------------------------------------
-
     def alive(self) -> tuple[bool, str]:
         """Liveness: the scheduler is running (also while a pass is long)."""
         if self._stop.is_set():
@@ -294,59 +287,16 @@ class Daemon:
             waiting_for, failures = self._waiting_for, self._failures
             last_success, drift = self._last_success_at, self._drift
         job = self._scheduler.get_job(JOB_ID) if self._scheduler.running else None
-        next_run = job.next_run_time.isoformat() if job and job.next_run_time else None
-        return {
-            "database": self.database_url,
-            "target": self.settings.target_revision,
-            "started_at": _iso(self._started_at),
-            "stopping": self._stop.is_set(),
-            "pass_running_since": _iso(running_since),
-            "next_pass_at": next_run,
-            "consecutive_failures": failures,
-            "last_success_at": _iso(last_success),
-            "lock": {
-                "waiting": waiting_for is not None,
-                "holder": waiting_for.description if waiting_for else None,
-                "held_seconds": waiting_for.held_seconds if waiting_for else None,
-            },
-            "last_pass": result_document(last) if last else None,
-            "drift": drift,
-        }
-
-
-def result_document(result: Result) -> dict[str, Any]:
-    """A pass as JSON-able data (no secrets: messages are already redacted)."""
-    plan = result.plan
-    done = {step.revision for step in result.applied}
-    return {
-        "run_id": result.run_id,
-        "outcome": result.outcome.value,
-        "ready": result.ready,
-        "started_at": _iso(result.started_at),
-        "duration_seconds": round(result.duration_seconds, 6),
-        "current": list(result.heads_after),
-        "previous": list(result.heads_before),
-        "target": list(plan.target) if plan else [],
-        "pending": [s.revision for s in plan.steps if s.revision not in done]
-        if plan and not result.ready
-        else [],
-        "reason": plan.reason.value if plan and plan.reason else None,
-        "error": result.error,
-        "lock_wait_seconds": round(result.lock_wait_seconds, 6),
-        "applied": [
-            {
-                "revision": step.revision,
-                "message": step.message,
-                "direction": step.direction,
-                "duration_seconds": round(step.duration_seconds, 6),
-            }
-            for step in result.applied
-        ],
-        **audit_document(result.tampered, result.newer),
-    }
-
-
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat()
+        return daemon_document(
+            database=self.database_url,
+            target=self.settings.target_revision,
+            started_at=self._started_at,
+            stopping=self._stop.is_set(),
+            pass_running_since=running_since,
+            next_pass_at=job.next_run_time if job else None,
+            consecutive_failures=failures,
+            last_success_at=last_success,
+            waiting_for=waiting_for,
+            last=last,
+            drift=drift,
+        )

@@ -8,6 +8,7 @@ import pytest
 from alembic import command
 from alembic.config import Config
 
+from schemad.cli import exit_code
 from schemad.model import Outcome
 from support.databases import sibling_database, table_names, version_rows
 from support.scripts import branched_project
@@ -73,7 +74,7 @@ def test_two_heads_with_target_head_is_refused(
 
     result = make_app(db_url, tmp_path / "migrations").reconciler.reconcile_once()
 
-    assert (result.outcome, result.exit_code) == (Outcome.REFUSED, 65)
+    assert (result.outcome, exit_code(result)) == (Outcome.REFUSED, 65)
     assert result.error is not None
     assert "alembic merge heads" in result.error
     assert version_rows(db_url) == []

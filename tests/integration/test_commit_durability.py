@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
+from schemad.cli import exit_code
 from schemad.model import Outcome
 from support.databases import connection, version_rows
 from support.scripts import make_project, write_revision
@@ -102,7 +103,7 @@ def test_a_failed_pass_also_ends_durable(
 
     result = app.reconciler.reconcile_once()
 
-    assert (result.outcome, result.exit_code) == (Outcome.FAILED, 70)
+    assert (result.outcome, exit_code(result)) == (Outcome.FAILED, 70)
     assert version_rows(postgres_url) == ["r0002"]
     session = _migration_session(statements)
     assert session[-2:] == [DURABLE, "COMMIT"]

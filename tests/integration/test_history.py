@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 from structlog.testing import capture_logs
 
 from schemad import __version__
+from schemad.cli import exit_code
 from schemad.history import HistoryRow
 from schemad.metrics import Metrics
 from schemad.model import Outcome
@@ -278,7 +279,7 @@ def test_failing_history_write_never_breaks_the_migration(
     with capture_logs() as logs:
         result = app.reconciler.reconcile_once()
 
-    assert (result.outcome, result.exit_code) == (Outcome.APPLIED, 0)
+    assert (result.outcome, exit_code(result)) == (Outcome.APPLIED, 0)
     assert [s.revision for s in result.applied] == IDS
     assert version_rows(db_url) == ["r0003"]
     # Where DDL is not transactional each revision also writes a "started" row first.
@@ -317,7 +318,7 @@ def test_failing_history_write_keeps_a_failed_revision_failed(
 
     result = app.reconciler.reconcile_once()
 
-    assert (result.outcome, result.exit_code) == (Outcome.FAILED, 70)
+    assert (result.outcome, exit_code(result)) == (Outcome.FAILED, 70)
     assert result.error is not None
     assert "boom in r0004" in result.error
     # Where DDL is not transactional each revision also writes a "started" row first.
@@ -339,7 +340,7 @@ def test_failing_adoption_write_is_logged_and_counted(
     with capture_logs() as logs:
         result = app.reconciler.reconcile_once()
 
-    assert (result.outcome, result.exit_code) == (Outcome.IN_SYNC, 0)
+    assert (result.outcome, exit_code(result)) == (Outcome.IN_SYNC, 0)
     assert len([e for e in logs if e["event"] == "history_write_failed"]) == 1
     assert [e for e in logs if e["event"] == "revisions_adopted"] == []
     assert result.history_write_failures == 3

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from schemad.cli import App, cmd_plan, cmd_status
-from schemad.model import Outcome, RefusalReason
+from schemad.cli import App, cmd_plan, cmd_status, exit_code
+from schemad.history import Entry
+from schemad.model import Direction, HistoryOutcome, Outcome, RefusalReason
 from schemad.settings import load_settings
 from support.scripts import linear_project
 
@@ -33,7 +34,7 @@ def _interrupt(app: App, revision: str) -> None:
     """Leave a "started" history row, as a SIGKILL mid-revision does."""
     assert app.reconciler.history is not None
     app.reconciler.history.start(
-        {"revision": revision, "direction": "upgrade", "parents": ("r0001",)}
+        Entry(revision, Direction.UPGRADE, HistoryOutcome.STARTED, parents=("r0001",))
     )
 
 
@@ -51,7 +52,7 @@ def test_interrupted_revision_is_refused(
 
     assert result.plan is not None
     expected = (Outcome.REFUSED, 65, RefusalReason.INTERRUPTED_REVISION, ("r0001",))
-    assert (result.outcome, result.exit_code, result.plan.reason, result.heads_after) == expected
+    assert (result.outcome, exit_code(result), result.plan.reason, result.heads_after) == expected
     assert result.error is not None
     assert "revision r0002 was interrupted" in result.error
 
@@ -84,20 +85,14 @@ def test_graceful_stop_leaves_no_false_interruption(
     project = tmp_path / "migrations"
     linear_project(project, 3)
     app = _app(monkeypatch, mariadb_url, project)
-    applied: list[str] = []
-    app.reconciler.set_hooks(should_stop=lambda: len(applied) >= 1)
-    original = app.reconciler._step_done
+    asked: list[bool] = []
 
-    def counting(progress):  # type: ignore[no-untyped-def]
-        record = original(progress)
+    def stop_after_the_first_revision() -> bool:
+        """Asked before each revision: go on once, then stop."""
+        asked.append(True)
+        return len(asked) > 1
 
-        def wrapped(step):  # type: ignore[no-untyped-def]
-            applied.append(step.revision)
-            record(step)
-
-        return wrapped
-
-    monkeypatch.setattr(app.reconciler, "_step_done", counting)
+    app.reconciler.set_hooks(should_stop=stop_after_the_first_revision)
     stopped = app.reconciler.reconcile_once()
     assert app.reconciler.history is not None
     outcomes = {row.revision: row.outcome for row in app.reconciler.history.rows()}

@@ -10,7 +10,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from schemad.database import Database, instance_name
+from schemad.cli import exit_code
+from schemad.database import Database
+from schemad.engine import instance_name
 from schemad.model import Outcome
 from support.databases import connection, sibling_database, stamp, version_rows
 from support.scripts import tables_project
@@ -62,7 +64,7 @@ def test_pass_times_out_while_another_instance_holds_the_lock(
     with holder_factory(db_url).lock(1.0):
         result = app.reconciler.reconcile_once()
 
-    assert (result.outcome, result.exit_code, result.applied) == (Outcome.LOCK_TIMEOUT, 75, ())
+    assert (result.outcome, exit_code(result), result.applied) == (Outcome.LOCK_TIMEOUT, 75, ())
     assert result.error is not None
     assert "SCHEMAD_LOCK_WAIT_SECONDS" in result.error
     assert result.lock_holder is not None
@@ -92,7 +94,7 @@ def test_waiter_stops_waiting_once_the_holder_reaches_the_target(
 
     assert returned_while_held
     [result] = results
-    assert (result.outcome, result.exit_code, result.applied) == (Outcome.IN_SYNC, 0, ())
+    assert (result.outcome, exit_code(result), result.applied) == (Outcome.IN_SYNC, 0, ())
     assert result.heads_after == ("r0002",)
     assert 0 < result.lock_wait_seconds < 10
 

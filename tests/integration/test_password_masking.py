@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy.engine import make_url
 from structlog.testing import capture_logs
 
+from schemad.cli import exit_code
 from schemad.model import Outcome
 from support.scripts import tables_project, write_revision
 
@@ -61,7 +62,7 @@ def test_revision_error_quoting_the_url_is_masked(
     with capture_logs() as logs:
         result = app.reconciler.reconcile_once()
 
-    assert (result.outcome, result.exit_code) == (Outcome.FAILED, 70)
+    assert (result.outcome, exit_code(result)) == (Outcome.FAILED, 70)
     assert result.error is not None
     assert "cannot reach postgresql+psycopg://postgres:***@" in result.error
     _assert_no_password(result.error, logs)
@@ -89,7 +90,7 @@ def test_unreachable_database_error_is_masked(
     with capture_logs() as logs:
         result = app.reconciler.reconcile_once()
 
-    assert (result.outcome, result.exit_code) == (Outcome.UNAVAILABLE, 69)
+    assert (result.outcome, exit_code(result)) == (Outcome.UNAVAILABLE, 69)
     assert result.error is not None
     assert ":***@" in result.error
     _assert_no_password(result.error, logs)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
+from schemad.cli import exit_code
 from schemad.model import Outcome, RefusalReason
 from support.databases import stamp, table_names, version_rows
 from support.scripts import create_table, tables_project, write_revision
@@ -21,7 +22,7 @@ def test_empty_database_is_migrated_to_head(db_url: str, tmp_path: Path, make_ap
 
     result = app.reconciler.reconcile_once()
 
-    assert (result.outcome, result.exit_code) == (Outcome.APPLIED, 0)
+    assert (result.outcome, exit_code(result)) == (Outcome.APPLIED, 0)
     assert ids == [step.revision for step in result.applied]
     assert {"upgrade"} == {step.direction for step in result.applied}
     assert (result.heads_before, result.heads_after) == ((), ("r0003",))
@@ -37,7 +38,7 @@ def test_second_pass_is_in_sync(db_url: str, tmp_path: Path, make_app: MakeApp) 
 
     result = app.reconciler.reconcile_once()
 
-    assert (result.outcome, result.exit_code, result.applied) == (Outcome.IN_SYNC, 0, ())
+    assert (result.outcome, exit_code(result), result.applied) == (Outcome.IN_SYNC, 0, ())
     assert result.at_target
     assert version_rows(db_url) == ["r0003"]
 
@@ -52,7 +53,7 @@ def test_downgrade_to_pinned_target_when_allowed(
 
     result = app.reconciler.reconcile_once()
 
-    assert (result.outcome, result.exit_code) == (Outcome.APPLIED, 0)
+    assert (result.outcome, exit_code(result)) == (Outcome.APPLIED, 0)
     assert [(step.revision, step.direction) for step in result.applied] == [
         ("r0003", "downgrade"),
         ("r0002", "downgrade"),
@@ -70,7 +71,7 @@ def test_downgrade_refused_when_not_allowed(db_url: str, tmp_path: Path, make_ap
 
     result = app.reconciler.reconcile_once()
 
-    assert (result.outcome, result.exit_code) == (Outcome.REFUSED, 65)
+    assert (result.outcome, exit_code(result)) == (Outcome.REFUSED, 65)
     assert result.plan is not None
     assert result.plan.reason == RefusalReason.DOWNGRADE_NOT_ALLOWED
     assert result.error is not None
@@ -89,7 +90,7 @@ def test_unknown_revision_in_database_is_refused(
 
     result = app.reconciler.reconcile_once()
 
-    assert (result.outcome, result.exit_code) == (Outcome.REFUSED, 65)
+    assert (result.outcome, exit_code(result)) == (Outcome.REFUSED, 65)
     assert result.plan is not None
     assert result.plan.reason == RefusalReason.UNKNOWN_REVISION
     assert result.error is not None
@@ -108,7 +109,7 @@ def test_unknown_revision_ignored_when_asked(
 
     result = app.reconciler.reconcile_once()
 
-    assert (result.outcome, result.exit_code, result.applied) == (Outcome.AHEAD, 0, ())
+    assert (result.outcome, exit_code(result), result.applied) == (Outcome.AHEAD, 0, ())
     assert version_rows(db_url) == ["f00dfeed0001"]
     assert not {"t_r0001", "t_r0002"} & table_names(db_url)
 
@@ -135,7 +136,7 @@ def test_failing_revision_is_named(db_url: str, tmp_path: Path, make_app: MakeAp
 
     result = app.reconciler.reconcile_once()
 
-    assert (result.outcome, result.exit_code) == (Outcome.FAILED, 70)
+    assert (result.outcome, exit_code(result)) == (Outcome.FAILED, 70)
     assert result.error is not None
     assert "r0003" in result.error
     assert "Add the broken table" in result.error

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from schemad import cli
-from schemad.cli import App
+from schemad.cli import App, exit_code
 from schemad.metrics import Metrics
 from schemad.model import Outcome, RefusalReason, Tampered
 from schemad.revisions import file_checksum
@@ -89,7 +89,7 @@ def test_edited_revision_warns_and_upgrade_proceeds(
     with capture_logs() as logs:
         result = make_app(db_url, project).reconciler.reconcile_once()
 
-    assert (result.outcome, result.exit_code) == (Outcome.APPLIED, 0)
+    assert (result.outcome, exit_code(result)) == (Outcome.APPLIED, 0)
     assert [s.revision for s in result.applied] == ["r0003"]
     assert result.tampered == (Tampered("r0001", before, after),)
     # Once per loading of the scripts: files this fresh are reloaded under the lock.
@@ -139,7 +139,7 @@ def test_block_mode_refuses_upgrades(db_url: str, project: Path, make_app: MakeA
     with capture_logs() as logs:
         result = make_app(db_url, project, on_tamper="block").reconciler.reconcile_once()
 
-    assert (result.outcome, result.exit_code, result.applied) == (Outcome.REFUSED, 65, ())
+    assert (result.outcome, exit_code(result), result.applied) == (Outcome.REFUSED, 65, ())
     assert result.plan is not None
     assert result.plan.reason == RefusalReason.TAMPERED
     assert result.error is not None
@@ -158,7 +158,7 @@ def test_block_mode_with_nothing_to_do_stays_in_sync(
 
     result = make_app(sqlite_url, project, on_tamper="block").reconciler.reconcile_once()
 
-    assert (result.outcome, result.exit_code) == (Outcome.IN_SYNC, 0)
+    assert (result.outcome, exit_code(result)) == (Outcome.IN_SYNC, 0)
     assert [t.revision for t in result.tampered] == ["r0001"]
 
 
@@ -242,7 +242,7 @@ def test_refusal_says_who_applied_the_newer_revision(
     """The refusal names the newer revision, who applied it with which image, and the way back."""
     result = make_app(db_url, rolled_back).reconciler.reconcile_once()
 
-    assert (result.outcome, result.exit_code) == (Outcome.REFUSED, 65)
+    assert (result.outcome, exit_code(result)) == (Outcome.REFUSED, 65)
     assert result.plan is not None
     assert result.plan.reason == RefusalReason.UNKNOWN_REVISION
     assert result.error is not None
@@ -258,7 +258,7 @@ def test_ahead_by_policy_still_explains(db_url: str, rolled_back: Path, make_app
     """With unknown revisions ignored the pass is 'ahead' and still says who applied them."""
     result = make_app(db_url, rolled_back, on_unknown_revision="ignore").reconciler.reconcile_once()
 
-    assert (result.outcome, result.exit_code) == (Outcome.AHEAD, 0)
+    assert (result.outcome, exit_code(result)) == (Outcome.AHEAD, 0)
     assert result.plan is not None
     assert DOWNGRADE in result.plan.message
     assert [n.revision for n in result.newer] == ["r0003"]

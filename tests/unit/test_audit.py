@@ -9,12 +9,12 @@ import pytest
 
 from schemad.audit import (
     AppliedRecord,
-    audit_document,
     explain_newer,
     find_tampered,
     newer_revisions,
     to_adopt,
 )
+from schemad.documents import audit_document
 from schemad.drift import Difference, compare
 from schemad.model import NewerRevision, Tampered
 from schemad.revisions import file_checksum

@@ -68,7 +68,6 @@ def unavailable_result() -> Result:
         duration_seconds=2.0,
         target_spec="head",
         error="cannot connect to postgresql+psycopg://app:***@db/app",
-        exit_code=69,
     )
 
 
@@ -90,7 +89,6 @@ def refused_result() -> Result:
         heads_before=("zz99",),
         heads_after=("zz99",),
         error=plan.message,
-        exit_code=65,
     )
 
 
@@ -108,7 +106,6 @@ def failed_result() -> Result:
         heads_before=(),
         heads_after=("r1",),
         error="revision r2 (two) failed: RuntimeError: boom",
-        exit_code=70,
     )
 
 

@@ -14,11 +14,8 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
-from schemad.database import (
-    _create_engine,
-    _local_pymysql_without_tls_options,
-    configure_keepalive,
-)
+from schemad.dialect import dialect_for
+from schemad.engine import configure_keepalive, create_engine, local_pymysql_without_tls_options
 
 
 class _Captured(Exception):
@@ -26,7 +23,8 @@ class _Captured(Exception):
 
 
 def driver_kwargs(url: str) -> dict[str, Any]:
-    engine = _create_engine(make_url(url), connect_timeout_seconds=10)
+    parsed = make_url(url)
+    engine = create_engine(parsed, dialect_for(parsed), connect_timeout_seconds=10)
     captured: dict[str, Any] = {}
 
     @event.listens_for(engine, "do_connect")
@@ -97,7 +95,7 @@ def test_local_server_with_a_tls_option_keeps_it(query: str) -> None:
 def test_other_mysql_drivers_are_left_alone() -> None:
     """ssl_disabled is PyMySQL's argument: mysqlclient would reject it."""
     url = make_url("mysql+mysqldb://app:pw@127.0.0.1/app")
-    assert _local_pymysql_without_tls_options(url) is False
+    assert local_pymysql_without_tls_options(url) is False
 
 
 def test_postgresql_gets_no_mysql_argument() -> None:

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from schemad.cli import App
+from schemad.documents import result_document
 from schemad.errors import ConfigError
 from schemad.metrics import Metrics
 from schemad.model import (
@@ -29,7 +30,7 @@ from schemad.model import (
     Step,
 )
 from schemad.reconciler import Reconciler
-from schemad.scheduler import Daemon, backoff_seconds, result_document
+from schemad.scheduler import Daemon, backoff_seconds
 from schemad.settings import Settings, load_settings
 from support.scripts import linear_project
 

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from schemad.cli import exit_code
 from schemad.errors import ConfigError
 from schemad.metrics import Metrics
 from schemad.reconciler import Reconciler
@@ -206,7 +207,7 @@ def test_a_busy_port_is_a_config_error() -> None:
         with pytest.raises(ConfigError) as caught:
             HttpServer("127.0.0.1", port, CollectorRegistry(), FakeSource())
     error = caught.value
-    assert (error.exit_code, error.variable, str(port) in error.message) == (
+    assert (exit_code(error), error.variable, str(port) in error.message) == (
         78,
         "SCHEMAD_HTTP_PORT",
         True,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from schemad.cli import exit_code
 from schemad.errors import ConfigError
 from schemad.settings import Settings, load_settings, parse_url, setting_names, unknown_variables
 
@@ -487,7 +488,7 @@ def test_config_error_never_shows_the_password_beside_other_errors(
 
 def test_config_error_exit_code_is_78(monkeypatch: pytest.MonkeyPatch) -> None:
     """Configuration errors map to exit code 78 (EX_CONFIG)."""
-    assert config_error(monkeypatch, SCHEMAD_LOG_LEVEL="loud").exit_code == 78
+    assert exit_code(config_error(monkeypatch, SCHEMAD_LOG_LEVEL="loud")) == 78
 
 
 def test_unknown_variables_suggests_the_closest_setting(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,236 @@
+"""EDGE: one object per database family, chosen once from the URL.
+
+Everything that differs between PostgreSQL, MySQL/MariaDB and SQLite lives
+here: connect arguments and driver tuning, the session statements of a
+migration (DDL timeouts, asynchronous and durable commits), whether DDL is
+transactional and a history write needs a savepoint, the lock, the SQL of
+drift's scratch databases, and the advice an error message gives.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from sqlalchemy.engine import URL, Engine
+
+from schemad import engine as tuning
+from schemad.locks import FileLock, Lock, MySQLLock, PostgresLock
+
+if TYPE_CHECKING:
+    from schemad.database import Database
+
+Statement = tuple[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Session:
+    """What the migration session is asked to be."""
+
+    mariadb: bool = False
+    lock_seconds: float | None = None
+    statement_seconds: float | None = None
+    async_commit: bool = False
+
+
+class Dialect:
+    """What schemad does differently on one family of databases."""
+
+    name: ClassVar[str]
+    transactional_ddl: ClassVar[bool] = True
+    """Whether a failed revision's DDL rolls back with its transaction."""
+    history_needs_savepoint: ClassVar[bool] = False
+    """Whether any failed statement aborts the whole transaction, so a
+    history write inside a revision's transaction needs a savepoint."""
+    file_based: ClassVar[bool] = False
+    durable_commit: ClassVar[str | None] = None
+    """A statement whose synchronous commit makes earlier asynchronous ones
+    durable; None where commits are always synchronous."""
+
+    def connect_args(self, url: URL, timeout_seconds: float) -> dict[str, Any]:
+        """Driver arguments: connect timeout, keepalives, identification."""
+        return {}
+
+    def tune(self, engine: Engine) -> None:
+        """Driver settings SQLAlchemy has no argument for."""
+
+    def session_statements(self, session: Session) -> tuple[list[Statement], list[str]]:
+        """The migration session's settings, and the timeouts it cannot apply."""
+        unsupported = [
+            name
+            for name, seconds in (
+                ("SCHEMAD_DDL_LOCK_TIMEOUT_SECONDS", session.lock_seconds),
+                ("SCHEMAD_STATEMENT_TIMEOUT_SECONDS", session.statement_seconds),
+            )
+            if seconds is not None
+        ]
+        return [], unsupported
+
+    def new_lock(self, database: Database) -> Lock:
+        """A lock object for ``database`` (not yet taken)."""
+        raise NotImplementedError
+
+    def connect_advice(self) -> str:
+        return "check that the server is up and the host, port, user and password are right"
+
+    def explain_error(self, exc: BaseException) -> str | None:
+        """What a driver error means here, when schemad knows better than the driver."""
+        return None
+
+    def create_scratch(self, name: str) -> str:
+        return f"CREATE DATABASE {name}"
+
+    def drop_scratch(self, name: str) -> str:
+        return f"DROP DATABASE IF EXISTS {name}"
+
+    def grant_scratch(self, user: str, prefix: str) -> str:
+        """The grant that lets ``user`` create drift's scratch databases."""
+        return f"GRANT ALL ON `{prefix}%`.* TO '{user}'"
+
+
+def _timeout_seconds(connect_timeout_seconds: float) -> int:
+    return max(1, math.ceil(connect_timeout_seconds))
+
+
+def _driver_error(exc: BaseException) -> tuple[str | None, object]:
+    orig = getattr(exc, "orig", None)
+    sqlstate = getattr(orig, "sqlstate", None)
+    errno = orig.args[0] if orig is not None and orig.args else None
+    return sqlstate, errno
+
+
+_LOCK_TIMEOUT_FIRED = (
+    "the table lock was not granted within SCHEMAD_DDL_LOCK_TIMEOUT_SECONDS "
+    "(another transaction holds it); the next pass retries"
+)
+_STATEMENT_TIMEOUT_FIRED = "a statement ran past SCHEMAD_STATEMENT_TIMEOUT_SECONDS"
+
+
+class PostgresDialect(Dialect):
+    name = "postgresql"
+    history_needs_savepoint = True
+    # A transaction that holds a transaction id, committed synchronously,
+    # flushes the write-ahead log up to it, and so every earlier commit.
+    durable_commit = "SELECT set_config('synchronous_commit', 'on', true), txid_current()"
+
+    def connect_args(self, url: URL, timeout_seconds: float) -> dict[str, Any]:
+        return {
+            "connect_timeout": _timeout_seconds(timeout_seconds),
+            "application_name": tuning.instance_name()[:63],
+            "keepalives": 1,
+            "keepalives_idle": tuning.KEEPALIVE_IDLE_SECONDS,
+            "keepalives_interval": tuning.KEEPALIVE_INTERVAL_SECONDS,
+            "keepalives_count": tuning.KEEPALIVE_COUNT,
+            "tcp_user_timeout": tuning.TCP_USER_TIMEOUT_SECONDS * 1000,
+        }
+
+    def session_statements(self, session: Session) -> tuple[list[Statement], list[str]]:
+        statements: list[Statement] = [
+            (
+                "SELECT set_config(:name, :value, false)",
+                {"name": name, "value": f"{max(1, round(seconds * 1000))}ms"},
+            )
+            for name, seconds in (
+                ("lock_timeout", session.lock_seconds),
+                ("statement_timeout", session.statement_seconds),
+            )
+            if seconds is not None
+        ]
+        if session.async_commit:
+            # The session's commits skip the wait for the disk; the pass's last
+            # commit waits (durable_commit). Settable by any role; crash-safe:
+            # a server crash loses only the newest commits, whole.
+            statements.append(("SELECT set_config('synchronous_commit', 'off', false)", {}))
+        return statements, []
+
+    def new_lock(self, database: Database) -> Lock:
+        return PostgresLock(database)
+
+    def explain_error(self, exc: BaseException) -> str | None:
+        sqlstate, _errno = _driver_error(exc)
+        if sqlstate == "55P03":
+            return _LOCK_TIMEOUT_FIRED
+        if sqlstate == "57014":
+            return _STATEMENT_TIMEOUT_FIRED
+        return None
+
+    def drop_scratch(self, name: str) -> str:
+        return f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+
+    def grant_scratch(self, user: str, prefix: str) -> str:
+        return f"ALTER ROLE {user} CREATEDB"
+
+
+class MySQLDialect(Dialect):
+    name = "mysql"
+    transactional_ddl = False
+
+    def connect_args(self, url: URL, timeout_seconds: float) -> dict[str, Any]:
+        args: dict[str, Any] = {"connect_timeout": _timeout_seconds(timeout_seconds)}
+        if tuning.local_pymysql_without_tls_options(url):
+            args["ssl_disabled"] = True
+        return args
+
+    def tune(self, engine: Engine) -> None:
+        tuning.keep_mysql_sockets_alive(engine)
+
+    def session_statements(self, session: Session) -> tuple[list[Statement], list[str]]:
+        statements: list[Statement] = []
+        unsupported: list[str] = []
+        lock_seconds, statement_seconds = session.lock_seconds, session.statement_seconds
+        if lock_seconds is not None:
+            statements.append(
+                ("SET SESSION lock_wait_timeout = :value", {"value": math.ceil(lock_seconds)})
+            )
+        if statement_seconds is not None and session.mariadb:
+            statements.append(
+                ("SET SESSION max_statement_time = :value", {"value": statement_seconds})
+            )
+        elif statement_seconds is not None:
+            unsupported.append("SCHEMAD_STATEMENT_TIMEOUT_SECONDS (MySQL limits only SELECTs)")
+        return statements, unsupported
+
+    def new_lock(self, database: Database) -> Lock:
+        return MySQLLock(database)
+
+    def explain_error(self, exc: BaseException) -> str | None:
+        _sqlstate, errno = _driver_error(exc)
+        if errno == 1205:
+            return _LOCK_TIMEOUT_FIRED
+        if errno in (1969, 3024):
+            return _STATEMENT_TIMEOUT_FIRED
+        return None
+
+
+class SQLiteDialect(Dialect):
+    name = "sqlite"
+    file_based = True
+
+    def connect_args(self, url: URL, timeout_seconds: float) -> dict[str, Any]:
+        return {"timeout": timeout_seconds}
+
+    def tune(self, engine: Engine) -> None:
+        tuning.make_sqlite_ddl_transactional(engine)
+
+    def new_lock(self, database: Database) -> Lock:
+        return FileLock(database)
+
+    def connect_advice(self) -> str:
+        return (
+            "check that the file's directory exists and that schemad may write "
+            "there (SQLite creates the file and a lock file beside it)"
+        )
+
+
+_DIALECTS: dict[str, type[Dialect]] = {
+    "postgresql": PostgresDialect,
+    "mysql": MySQLDialect,
+    "mariadb": MySQLDialect,
+    "sqlite": SQLiteDialect,
+}
+
+
+def dialect_for(url: URL) -> Dialect:
+    """The dialect of ``url``'s database (settings allow no other backends)."""
+    return _DIALECTS[url.get_backend_name()]()

@@ -1,0 +1,133 @@
+"""EDGE: the SQLAlchemy engine and what schemad tunes in the drivers.
+
+The dialect object (:mod:`schemad.dialect`) decides what each database
+gets; this module holds the mechanics: building the engine, TCP keepalives
+on a socket, PyMySQL's TLS on a local server, and SQLite's transactional DDL.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import NoSuchModuleError
+
+from schemad.errors import ConfigError
+
+if TYPE_CHECKING:
+    from schemad.dialect import Dialect
+
+# A peer that stops answering (blackholed network) is given up on after about
+# idle + interval * count seconds when idle, TCP_USER_TIMEOUT when sending.
+KEEPALIVE_IDLE_SECONDS = 10
+KEEPALIVE_INTERVAL_SECONDS = 5
+KEEPALIVE_COUNT = 3
+TCP_USER_TIMEOUT_SECONDS = 30
+# Query keys through which a URL asks PyMySQL for TLS: ssl_* directly, and
+# read_default_file/read_default_group, whose option file may hold ssl-ca etc.
+_MYSQL_TLS_QUERY_PREFIXES = ("ssl", "read_default")
+
+
+def instance_name() -> str:
+    """Who we are, as other instances will see it: host (pod) and pid."""
+    return f"schemad:{socket.gethostname()}:{os.getpid()}"
+
+
+def create_engine(url: URL, dialect: Dialect, connect_timeout_seconds: float) -> Engine:
+    """The engine for ``url``, with ``dialect``'s connect arguments and tuning.
+
+    Raises:
+        ConfigError: the URL's driver is not installed.
+    """
+    try:
+        engine = sa.create_engine(
+            url, connect_args=dialect.connect_args(url, connect_timeout_seconds)
+        )
+    except (NoSuchModuleError, ImportError) as exc:
+        raise ConfigError(
+            f"SCHEMAD_DATABASE_URL={url.render_as_string(hide_password=True)}: the "
+            f"driver '{url.drivername}' is not available ({exc}); use "
+            "postgresql+psycopg://, mysql+pymysql:// or sqlite:///",
+            variable="SCHEMAD_DATABASE_URL",
+        ) from exc
+    dialect.tune(engine)
+    return engine
+
+
+def local_pymysql_without_tls_options(url: URL) -> bool:
+    """Whether PyMySQL may skip TLS: a loopback or socket server, no TLS asked for.
+
+    Since PyMySQL 1.2.0 (checked up to 1.2.4), a connect given no ssl option
+    runs in "preferred" mode: it builds a fresh ``ssl.create_default_context()``
+    (loading the system CA store, about 16 ms here) and, when the server
+    advertises TLS, encrypts without checking the certificate or the host
+    name. PyMySQL 1.1.x used no TLS at all without an ssl option, so there
+    ``ssl_disabled=True`` changes nothing. On loopback or a unix socket that
+    encryption protects nothing, so schemad passes ``ssl_disabled=True`` there
+    unless the URL asks for TLS; any other host keeps PyMySQL's default.
+    ``ssl_disabled`` overrides every other ssl option in PyMySQL, hence the
+    refusal whenever the URL carries one.
+    """
+    if url.get_driver_name() != "pymysql":
+        return False
+    if any(key.lower().startswith(_MYSQL_TLS_QUERY_PREFIXES) for key in url.query):
+        return False
+    return "unix_socket" in url.query or _is_loopback(url.host)
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:  # PyMySQL connects to localhost when the URL names no host
+        return True
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost: it may be anywhere
+        return False
+
+
+def keep_mysql_sockets_alive(engine: Engine) -> None:
+    """PyMySQL has no keepalive options; without them a blackholed network
+    leaves a read blocked for the kernel's ~15 minute retransmission limit."""
+
+    @event.listens_for(engine, "connect")
+    def _keepalive(dbapi_connection: Any, _record: Any) -> None:
+        sock = getattr(dbapi_connection, "_sock", None)
+        if sock is not None:
+            configure_keepalive(sock)
+
+
+def configure_keepalive(sock: socket.socket) -> None:
+    """TCP keepalives and a user timeout: a silent peer is dropped in ~30 s.
+
+    A unix socket (``?unix_socket=``) has no TCP options and is left alone.
+    """
+    if sock.family == socket.AF_UNIX:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE_SECONDS),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_SECONDS),
+        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+        ("TCP_USER_TIMEOUT", TCP_USER_TIMEOUT_SECONDS * 1000),
+    ):
+        if hasattr(socket, option):  # Linux names; other systems keep defaults
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
+def make_sqlite_ddl_transactional(engine: Engine) -> None:
+    """pysqlite commits before DDL by default; take over BEGIN so that a
+    revision's DDL and its version-table update commit together."""
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_transactions(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
