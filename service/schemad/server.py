@@ -198,8 +198,6 @@ class HttpServer:
             self._loop.call_soon_threadsafe(self._stopping.set)
         self._thread.join(STOP_WAIT_SECONDS)
 
-    # -- the loop's thread ---------------------------------------------------
-
     def _run(self) -> None:
         assert self._loop is not None
         try:
