@@ -32,6 +32,14 @@ _RELATIVE_TARGET = re.compile(r"(^|@)\w*[+-]\d+$")
 _SERVICE_LINK = re.compile(r"^SCHEMAD_(PORT|SERVICE_)")
 
 Seconds = Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
+# Between passes or polls: often enough, and never a hot loop.
+Interval = Annotated[float, Field(ge=1, le=86_400, allow_inf_nan=False)]
+# PostgreSQL's limit on identifiers (MySQL allows 64).
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_$]*$", max_length=63)]
+TARGET_MAX_CHARS = 255
+URL_FILE_MAX_BYTES = 64 * 1024
+# Values echoed in an error message are cut to this many characters.
+ECHO_MAX_CHARS = 80
 
 
 class Settings(BaseSettings):
@@ -66,19 +74,19 @@ class Settings(BaseSettings):
     """Revert revisions when the database is past a pinned target."""
     on_unknown_revision: Literal["fail", "ignore"] = "fail"
     """What to do when the database is at a revision the migrations lack."""
-    version_table: str = Field(default="alembic_version", pattern=r"^[A-Za-z_][A-Za-z0-9_$]*$")
+    version_table: Identifier = "alembic_version"
     """Name of Alembic's version table."""
-    version_table_schema: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_$]*$")
+    version_table_schema: Identifier | None = None
     """Schema of the version table, when not the default one."""
     history_enabled: bool = True
     """Keep schemad's audit history table (one row per applied revision)."""
-    history_table: str = Field(default="schemad_history", pattern=r"^[A-Za-z_][A-Za-z0-9_$]*$")
+    history_table: Identifier = "schemad_history"
     """Name of the history table (in the version table's schema)."""
     on_tamper: Literal["warn", "block"] = "warn"
     """When an applied revision's file changed: warn, or also block upgrades."""
     retry_interrupted: str | None = None
     """A revision cut off half-way on MySQL/MariaDB, cleaned up by hand: apply it again."""
-    drift_interval_seconds: Seconds | None = None
+    drift_interval_seconds: Interval | None = None
     """`schemad run`: compare the live schema with the expected one this often (off)."""
     lock_wait_seconds: Seconds = 300.0
     """How long to wait for another instance's migration lock."""
@@ -92,13 +100,13 @@ class Settings(BaseSettings):
     """PostgreSQL: commit revisions without waiting for the disk; each pass ends durable."""
     wait_timeout_seconds: Seconds = 300.0
     """How long `schemad wait` waits for the target."""
-    wait_interval_seconds: Seconds = 2.0
+    wait_interval_seconds: Annotated[float, Field(ge=0.1, le=86_400, allow_inf_nan=False)] = 2.0
     """How often `schemad wait` looks at the version table."""
     log_format: Literal["auto", "json", "console"] = "auto"
     """json in containers, console on a terminal; auto picks by the terminal."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Lowest level written."""
-    interval_seconds: Seconds = 60.0
+    interval_seconds: Interval = 60.0
     """`schemad run`: seconds between passes (unless SCHEMAD_SCHEDULE is set)."""
     schedule: str | None = None
     """`schemad run`: a five-field cron expression, instead of the interval."""
@@ -117,6 +125,8 @@ class Settings(BaseSettings):
     @classmethod
     def _target_is_absolute(cls, value: str) -> str:
         value = value.strip()
+        if len(value) > TARGET_MAX_CHARS:
+            raise ValueError(f"expected at most {TARGET_MAX_CHARS} characters, got {len(value)}")
         if not value or any(ch.isspace() for ch in value) or ":" in value:
             raise ValueError("expected head, heads, base, a revision id or label@head")
         if _RELATIVE_TARGET.search(value):
@@ -234,13 +244,28 @@ def _password_out_of_query(url: URL) -> URL:
 def _read_secret_file(path: Path) -> str:
     variable = f"{PREFIX}DATABASE_URL_FILE"
     try:
-        text = path.read_text(encoding="utf-8").strip()
+        with path.open("rb") as handle:
+            raw = handle.read(URL_FILE_MAX_BYTES + 1)
     except OSError as exc:
         raise ConfigError(
             f"{variable}={path}: cannot read the file ({exc.strerror or exc}); "
             "mount the Secret there or fix the path",
             variable=variable,
         ) from exc
+    if len(raw) > URL_FILE_MAX_BYTES:
+        raise ConfigError(
+            f"{variable}={path}: the file is over {URL_FILE_MAX_BYTES // 1024} KiB; a "
+            "database URL is one line: point the variable at the Secret's key holding it",
+            variable=variable,
+        )
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{variable}={path}: the file is not UTF-8 text ({exc.reason} at byte "
+            f"{exc.start}); it must hold the URL as text",
+            variable=variable,
+        ) from None
     if not text:
         raise ConfigError(f"{variable}={path}: the file is empty", variable=variable)
     return text
@@ -299,6 +324,14 @@ def setting_names() -> list[str]:
     return [f"{PREFIX}{name.upper()}" for name in Settings.model_fields]
 
 
+def _echo(value: object) -> str:
+    """A bad value as the message shows it: quoted, and cut when long."""
+    text = repr(value)
+    if len(text) <= ECHO_MAX_CHARS:
+        return text
+    return f"{text[:ECHO_MAX_CHARS]}... ({len(str(value))} characters)"
+
+
 def _config_error(exc: ValidationError) -> ConfigError:
     problems = []
     first_variable = None
@@ -310,5 +343,5 @@ def _config_error(exc: ValidationError) -> ConfigError:
         if field in _SECRET_FIELDS or not field:
             problems.append(f"{variable}: {message}" if field else message)
         else:
-            problems.append(f"{variable}={error['input']!r}: {message}")
+            problems.append(f"{variable}={_echo(error['input'])}: {message}")
     return ConfigError("invalid settings: " + "; ".join(problems), variable=first_variable)

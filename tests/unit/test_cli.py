@@ -476,7 +476,7 @@ def test_wait_past_target_exits_0(configure: Callable[..., None]) -> None:
 
 def test_wait_timeout_exits_75(configure: Callable[..., None]) -> None:
     """`wait` on a database that stays behind exits 75 with the last state seen."""
-    configure(wait_timeout_seconds="0.01", wait_interval_seconds="0.005")
+    configure(wait_timeout_seconds="0.2", wait_interval_seconds="0.1")
     with capture_logs() as entries:
         code, _ = run("wait")
     (failed,) = [e for e in entries if e["event"] == "command_failed"]

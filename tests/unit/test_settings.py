@@ -288,8 +288,8 @@ def test_seconds_settings_accept_a_positive_number(
     ("value", "problem"),
     [
         pytest.param("abc", "valid number", id="text"),
-        pytest.param("0", "greater than 0", id="zero"),
-        pytest.param("-5", "greater than 0", id="negative"),
+        pytest.param("0", "should be greater than", id="zero"),
+        pytest.param("-5", "should be greater than", id="negative"),
         pytest.param("86401", "less than or equal to 86400", id="over-a-day"),
         pytest.param("nan", "finite number", id="nan"),
         pytest.param("inf", "finite number", id="inf"),
@@ -484,6 +484,60 @@ def test_config_error_never_shows_the_password_beside_other_errors(
     """A validation error elsewhere does not echo the URL or its password."""
     error = config_error(monkeypatch, SCHEMAD_DATABASE_URL=PG_URL, SCHEMAD_LOCK_WAIT_SECONDS="-1")
     assert PASSWORD not in error.message
+
+
+def test_a_huge_value_is_echoed_once_and_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 100 KB target is refused in one short line, its value cut, not echoed whole."""
+    error = config_error(monkeypatch, SCHEMAD_TARGET_REVISION="a" * 100_000)
+    expected = (True, True, True)
+    assert expected == (
+        "expected at most 255 characters, got 100000" in error.message,
+        "(100000 characters)" in error.message,
+        len(error.message) < 400,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SCHEMAD_INTERVAL_SECONDS", "0.001"),
+        ("SCHEMAD_DRIFT_INTERVAL_SECONDS", "0.5"),
+        ("SCHEMAD_WAIT_INTERVAL_SECONDS", "0.001"),
+    ],
+)
+def test_intervals_are_never_a_hot_loop(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """Intervals between passes (1 s) and polls (0.1 s) have a floor."""
+    error = config_error(monkeypatch, **{variable: value})
+    assert (error.variable, "greater than or equal to" in error.message) == (variable, True)
+
+
+def test_identifiers_over_63_characters_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A version table name PostgreSQL would truncate is refused before anything runs."""
+    error = config_error(monkeypatch, SCHEMAD_VERSION_TABLE="v" * 64)
+    assert "at most 63 characters" in error.message
+
+
+def test_a_huge_url_file_is_refused_unread(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A URL file over 64 KiB is a configuration error, not read into memory."""
+    path = tmp_path / "url"
+    path.write_bytes(b"x" * (20 * 1024 * 1024))
+    error = config_error(monkeypatch, SCHEMAD_DATABASE_URL_FILE=str(path))
+    assert "the file is over 64 KiB" in error.message
+
+
+def test_a_url_file_that_is_not_text_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A URL file that is not UTF-8 is a configuration error naming the variable."""
+    path = tmp_path / "url"
+    path.write_bytes(b"postgresql://u:\xff\xfe@h/d")
+    error = config_error(monkeypatch, SCHEMAD_DATABASE_URL_FILE=str(path))
+    assert (error.variable, "is not UTF-8 text" in error.message) == (
+        "SCHEMAD_DATABASE_URL_FILE",
+        True,
+    )
 
 
 def test_config_error_exit_code_is_78(monkeypatch: pytest.MonkeyPatch) -> None:
