@@ -22,6 +22,7 @@ from typing import Any, Protocol, TextIO
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationStep
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from schemad import logs
 from schemad.errors import (
@@ -29,6 +30,7 @@ from schemad.errors import (
     MigrationFailedError,
     PlanRejectedError,
     SchemadError,
+    ScriptError,
     first_line,
 )
 from schemad.model import AppliedStep, Direction, Plan, PlanKind
@@ -146,7 +148,7 @@ def apply_plan(
     version_table: str,
     version_table_schema: str | None,
     observer: StepObserver,
-    explain: Callable[[BaseException], str | None] | None = None,
+    explain: Callable[[BaseException, bool], str | None] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> Applied:
     """Apply ``plan`` on ``connection``, one committed revision at a time.
@@ -159,8 +161,8 @@ def apply_plan(
         version_table: the version table schemad reads.
         version_table_schema: its schema, if not the default.
         observer: told about each revision, asked before each whether to stop.
-        explain: adds the database's reading of a failure (e.g. which
-            safety timeout fired) to the message.
+        explain: the database's reading of a failure (e.g. which safety
+            timeout fired), told whether a revision was running.
         clock: a monotonic clock, for durations.
 
     Returns:
@@ -168,7 +170,9 @@ def apply_plan(
         run before all of them.
 
     Raises:
-        MigrationFailedError: a revision raised; earlier steps stay committed.
+        MigrationFailedError: a revision raised (earlier steps stay committed),
+            or the database refused what env.py or Alembic asked of it.
+        ScriptError: env.py failed before any revision ran.
         ConfigError: env.py configures a different version table.
     """
     if plan.kind not in (PlanKind.UPGRADE, PlanKind.DOWNGRADE):
@@ -187,10 +191,11 @@ def apply_plan(
     try:
         with environment, logs.preserved():
             scripts.directory.run_env()
-    except SchemadError:
+    except (SchemadError, KeyboardInterrupt):
         raise
-    except Exception as exc:  # a revision's own code may raise anything
-        raise _failure(run, exc, explain(exc) if explain else None) from exc
+    except BaseException as exc:  # a revision's own code may raise anything, sys.exit() too
+        in_revision = run.current is not None
+        raise _failure(run, exc, explain(exc, in_revision) if explain else None) from exc
     finally:
         config.attributes.pop("connection", None)
         if connection.in_transaction():
@@ -237,11 +242,11 @@ def render_sql(
     try:
         with environment, logs.preserved():
             scripts.directory.run_env()
-    except SchemadError:
+    except (SchemadError, KeyboardInterrupt):
         raise
-    except Exception as exc:
+    except BaseException as exc:
         raise MigrationFailedError(
-            f"rendering offline SQL failed: {type(exc).__name__}: {exc}", revision=None
+            f"rendering offline SQL failed: {first_line(exc)}", revision=None
         ) from exc
     finally:
         config.output_buffer = previous
@@ -312,9 +317,14 @@ def _environment(
     return environment
 
 
-def _failure(run: _Run, exc: BaseException, explanation: str | None) -> MigrationFailedError:
+def _failure(run: _Run, exc: BaseException, explanation: str | None) -> SchemadError:
     step = run.current
     summary = first_line(exc)
+    if step is None and not run.applied and not isinstance(exc, DBAPIError):
+        return ScriptError(
+            f"env.py failed before any revision ran: {summary}; fix env.py "
+            "(`alembic upgrade head` shows the same error)"
+        )
     if step is None:
         when = (
             f"after {len(run.applied)} revision(s) of this pass were applied (they stay applied)"

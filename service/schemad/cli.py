@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -58,18 +61,21 @@ EXIT_CODES: dict[str, int] = {
 EXIT_CODES_HELP = """\
 exit codes:
   0   ok: at the target, nothing to do, or the requested work is done
-  1   internal error (a bug: please report it with the traceback)
+  1   internal error (a bug: please report it with the internal_error log line)
   2   bad usage (unknown subcommand or option)
   3   status only: the database is behind (`upgrade` would apply revisions)
   4   drift only: the live schema differs from what its revision should be
   65  refused: the plan breaks a policy (unknown revision in the database,
       several heads, downgrade not allowed, unknown target)
-  66  the migration scripts are missing or broken
-  69  the database cannot be reached or its version table not read
+  66  the migration scripts are missing or broken, or env.py failed before
+      any revision ran
+  69  the database cannot be reached, its version table not read, or it
+      refuses writes
   70  a revision failed while being applied
   75  try again later: the migration lock stayed held (upgrade), or the
       target was not reached in time (wait)
-  78  configuration error (a SCHEMAD_* variable is missing or invalid)
+  78  configuration error (a SCHEMAD_* variable is missing or invalid, the
+      ini unreadable, URL options the driver refuses)
 """
 _TARGET_REFUSALS = (RefusalReason.UNKNOWN_TARGET, RefusalReason.MULTIPLE_HEADS)
 
@@ -193,7 +199,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         logs.configure()
         log.error("config_invalid", error=exc.message, exit_code=exit_code(exc))
         return exit_code(exc)
-    logs.configure(settings.log_format, settings.log_level, secrets=_secrets(settings).forms)
+    logs.configure(settings.log_format, settings.log_level, secrets=_secrets(settings))
     for warning in unknown_variables():
         log.warning("setting_unknown", detail=warning)
     if args.command == "health":
@@ -209,6 +215,10 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         return exit_code(exc)
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        # A bug: the traceback (masked, without local variables) is for the report.
+        log.exception("internal_error", command=args.command, exit_code=EXIT_INTERNAL)
+        return EXIT_INTERNAL
     finally:
         if app is not None:
             app.database.dispose()
@@ -268,31 +278,66 @@ def cmd_wait(
     *,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    hard_deadline: bool = True,
 ) -> int:
+    """Poll until the schema is ready; never outlive SCHEMAD_WAIT_TIMEOUT_SECONDS.
+
+    Each look is bounded by the connect timeout, but a look that starts just
+    before the deadline could still end after it: with ``hard_deadline`` an
+    alarm ends the wait at the deadline whatever it is doing.
+    """
     settings = app.settings
     log = logs.get_logger("schemad.wait")
     deadline = clock() + settings.wait_timeout_seconds
-    last = "nothing read yet"
-    while True:
-        try:
-            inspection = app.reconciler.inspect()
-            plan = inspection.plan
-            if plan.schema_ready:
-                log.info("schema_ready", current=list(plan.current), target=list(plan.target))
-                return EXIT_OK
-            if plan.reason in _TARGET_REFUSALS:
-                raise PlanRejectedError(plan.message, reason=_reason(plan))
-            last = plan.message
-        except DatabaseUnavailableError as exc:
-            last = exc.message
-        if clock() >= deadline:
-            raise WaitTimeoutError(
-                f"the database did not reach the target '{settings.target_revision}' "
-                f"within {settings.wait_timeout_seconds:g}s "
-                f"(SCHEMAD_WAIT_TIMEOUT_SECONDS); last seen: {app.database.redact(last)}"
-            )
-        log.info("schema_pending", detail=app.database.redact(last))
-        sleep(min(settings.wait_interval_seconds, max(deadline - clock(), 0)))
+    seen = ["nothing read yet"]
+
+    def timed_out() -> WaitTimeoutError:
+        return WaitTimeoutError(
+            f"the database did not reach the target '{settings.target_revision}' "
+            f"within {settings.wait_timeout_seconds:g}s "
+            f"(SCHEMAD_WAIT_TIMEOUT_SECONDS); last seen: {app.database.redact(seen[-1])}"
+        )
+
+    with _alarm(settings.wait_timeout_seconds, timed_out) if hard_deadline else nullcontext():
+        while True:
+            try:
+                inspection = app.reconciler.inspect()
+                plan = inspection.plan
+                if plan.schema_ready:
+                    log.info("schema_ready", current=list(plan.current), target=list(plan.target))
+                    return EXIT_OK
+                if plan.reason in _TARGET_REFUSALS:
+                    raise PlanRejectedError(plan.message, reason=_reason(plan))
+                seen.append(plan.message)
+            except DatabaseUnavailableError as exc:
+                seen.append(exc.message)
+            if clock() >= deadline:
+                raise timed_out()
+            log.info("schema_pending", detail=app.database.redact(seen[-1]))
+            sleep(min(settings.wait_interval_seconds, max(deadline - clock(), 0)))
+
+
+@contextmanager
+def _alarm(seconds: float, error: Callable[[], SchemadError]) -> Iterator[None]:
+    """Raise ``error()`` in the main thread ``seconds`` from now, wherever it is.
+
+    Outside the main thread (tests that call commands from a worker) there
+    is no alarm: the connect timeouts still bound each look.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def fire(_signum: int, _frame: object) -> None:
+        raise error()
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def cmd_run(app: App, _args: argparse.Namespace) -> int:

@@ -19,9 +19,9 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from schemad.deadline import StatementGuard, Watchdog, bounded
-from schemad.dialect import Session, dialect_for
+from schemad.dialect import Fault, Session, dialect_for
 from schemad.engine import create_engine
-from schemad.errors import DatabaseUnavailableError, first_line
+from schemad.errors import ConfigError, DatabaseUnavailableError, first_line
 from schemad.locks import WaitCallback, held
 from schemad.masking import Secrets
 from schemad.model import DbState, LockHolder
@@ -81,17 +81,36 @@ class Database:
         Raises:
             DatabaseUnavailableError: the database cannot be reached.
         """
+        conn = self._open()
         try:
-            conn = self.engine.connect()
+            yield conn
+        finally:
+            conn.close()
+
+    def _open(self) -> Connection:
+        """A new connection (from the pool), every failure translated.
+
+        Raises:
+            DatabaseUnavailableError: the database cannot be reached.
+            ConfigError: the driver refused the URL's options (a TLS file
+                that does not exist, an argument it does not know).
+        """
+        try:
+            return self.engine.connect()
         except SQLAlchemyError as exc:
             raise DatabaseUnavailableError(
                 f"cannot connect to {self.masked_url}: {self.describe(exc)}; "
                 f"{self.dialect.connect_advice()}"
             ) from exc
-        try:
-            yield conn
-        finally:
-            conn.close()
+        except (OSError, ValueError, TypeError, LookupError) as exc:
+            # Drivers wrap network failures in their own errors: what escapes
+            # raw is a local problem with the options (ssl_ca=/missing, ...).
+            raise ConfigError(
+                f"SCHEMAD_DATABASE_URL={self.masked_url}: the driver refused the "
+                f"connection options: {self.describe(exc)}; check the URL's query "
+                "options (file paths of ssl_* options must exist in the container)",
+                variable="SCHEMAD_DATABASE_URL",
+            ) from exc
 
     @contextmanager
     def exchange(self, conn: Connection, *, translate: bool = True) -> Iterator[Watchdog]:
@@ -171,11 +190,9 @@ class Database:
 
         Raises:
             DatabaseUnavailableError: the database cannot be reached.
+            ConfigError: the driver refused the URL's options.
         """
-        try:
-            return self.engine.connect()
-        except SQLAlchemyError as exc:
-            raise self.unavailable(exc) from exc
+        return self._open()
 
     def apply_session_timeouts(
         self,
@@ -253,10 +270,14 @@ class Database:
             event.remove(conn, "before_cursor_execute", guard.before)
             event.remove(conn, "after_cursor_execute", guard.after)
 
-    def explain_failure(self, exc: BaseException) -> str | None:
-        """What a revision's failure means here, beyond the driver's message."""
+    def explain_failure(self, exc: BaseException, in_revision: bool = True) -> str | None:
+        """What a failure while migrating means here, beyond the driver's message.
+
+        Where DDL is not transactional, a revision cut off half-way leaves its
+        earlier statements applied; a failure outside any revision does not.
+        """
         timeout = self.dialect.explain_error(exc)
-        if self.transactional_ddl:
+        if self.transactional_ddl or not in_revision:
             return timeout
         partial = (
             "this database cannot roll DDL back, so statements of the revision that "
@@ -264,9 +285,9 @@ class Database:
         )
         return f"{timeout}; {partial}" if timeout else partial
 
-    def explain_timeout(self, exc: BaseException) -> str | None:
-        """Name the DDL safety timeout behind a failure, if one caused it."""
-        return self.dialect.explain_error(exc)
+    def fault(self, exc: BaseException | None) -> Fault | None:
+        """The kind of a driver error, where schemad tells kinds apart."""
+        return self.dialect.fault(exc) if exc is not None else None
 
     @contextmanager
     def lock(
@@ -299,7 +320,7 @@ class Database:
             DatabaseUnavailableError: the database cannot be reached.
         """
         lock = self.dialect.new_lock(self)
-        with lock.session() as opened:
+        with lock.session(read_only=True) as opened:
             if not opened:
                 return None
             try:

@@ -9,7 +9,9 @@ drift's scratch databases, and the advice an error message gives.
 
 from __future__ import annotations
 
+import enum
 import math
+import sqlite3
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -74,9 +76,14 @@ class Dialect:
     def connect_advice(self) -> str:
         return "check that the server is up and the host, port, user and password are right"
 
-    def explain_error(self, exc: BaseException) -> str | None:
-        """What a driver error means here, when schemad knows better than the driver."""
+    def fault(self, exc: BaseException) -> Fault | None:
+        """The kind of a driver error, where schemad knows better than the driver."""
         return None
+
+    def explain_error(self, exc: BaseException) -> str | None:
+        """What a driver error means here, and what to do about it."""
+        fault = self.fault(exc)
+        return _ADVICE[fault] if fault is not None else None
 
     def create_scratch(self, name: str) -> str:
         return f"CREATE DATABASE {name}"
@@ -100,11 +107,36 @@ def _driver_error(exc: BaseException) -> tuple[str | None, object]:
     return sqlstate, errno
 
 
-_LOCK_TIMEOUT_FIRED = (
-    "the table lock was not granted within SCHEMAD_DDL_LOCK_TIMEOUT_SECONDS "
-    "(another transaction holds it); the next pass retries"
-)
-_STATEMENT_TIMEOUT_FIRED = "a statement ran past SCHEMAD_STATEMENT_TIMEOUT_SECONDS"
+class Fault(enum.Enum):
+    """Driver errors schemad tells apart, whatever the database."""
+
+    LOCK_TIMEOUT = "lock_timeout"
+    STATEMENT_TIMEOUT = "statement_timeout"
+    READ_ONLY = "read_only"
+    MISSING_SCHEMA = "missing_schema"
+    NEEDS_AUTOCOMMIT = "needs_autocommit"
+
+
+_ADVICE = {
+    Fault.LOCK_TIMEOUT: (
+        "the table lock was not granted within SCHEMAD_DDL_LOCK_TIMEOUT_SECONDS "
+        "(another transaction holds it); the next pass retries"
+    ),
+    Fault.STATEMENT_TIMEOUT: "a statement ran past SCHEMAD_STATEMENT_TIMEOUT_SECONDS",
+    Fault.READ_ONLY: (
+        "the database is read-only for schemad (a replica, a read-only user, or a "
+        "file it may not write); point SCHEMAD_DATABASE_URL at the primary or grant "
+        "write access (SQLite: to the file and its directory)"
+    ),
+    Fault.MISSING_SCHEMA: (
+        "the schema it names does not exist; create it, or fix "
+        "SCHEMAD_VERSION_TABLE_SCHEMA (or the schema env.py configures)"
+    ),
+    Fault.NEEDS_AUTOCOMMIT: (
+        "the statement cannot run inside a transaction; list the revision in "
+        "SCHEMAD_AUTOCOMMIT_REVISIONS to run it outside one (see the README)"
+    ),
+}
 
 
 class PostgresDialect(Dialect):
@@ -147,13 +179,9 @@ class PostgresDialect(Dialect):
     def new_lock(self, database: Database) -> Lock:
         return PostgresLock(database)
 
-    def explain_error(self, exc: BaseException) -> str | None:
+    def fault(self, exc: BaseException) -> Fault | None:
         sqlstate, _errno = _driver_error(exc)
-        if sqlstate == "55P03":
-            return _LOCK_TIMEOUT_FIRED
-        if sqlstate == "57014":
-            return _STATEMENT_TIMEOUT_FIRED
-        return None
+        return _POSTGRES_FAULTS.get(sqlstate or "")
 
     def drop_scratch(self, name: str) -> str:
         return f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"
@@ -167,13 +195,22 @@ class MySQLDialect(Dialect):
     transactional_ddl = False
 
     def connect_args(self, url: URL, timeout_seconds: float) -> dict[str, Any]:
-        args: dict[str, Any] = {"connect_timeout": _timeout_seconds(timeout_seconds)}
+        timeout = _timeout_seconds(timeout_seconds)
+        args: dict[str, Any] = {"connect_timeout": timeout}
+        if url.get_driver_name() == "pymysql":
+            # PyMySQL's connect_timeout covers the TCP connect only: a peer
+            # that accepts and never greets would hold the handshake forever.
+            # These bound it; tune() lifts them once connected, so a long
+            # revision is never cut off by them.
+            args.update(read_timeout=timeout, write_timeout=timeout)
         if tuning.local_pymysql_without_tls_options(url):
             args["ssl_disabled"] = True
         return args
 
     def tune(self, engine: Engine) -> None:
         tuning.keep_mysql_sockets_alive(engine)
+        if engine.url.get_driver_name() == "pymysql":
+            tuning.unbound_pymysql_reads_once_connected(engine)
 
     def session_statements(self, session: Session) -> tuple[list[Statement], list[str]]:
         statements: list[Statement] = []
@@ -194,13 +231,9 @@ class MySQLDialect(Dialect):
     def new_lock(self, database: Database) -> Lock:
         return MySQLLock(database)
 
-    def explain_error(self, exc: BaseException) -> str | None:
+    def fault(self, exc: BaseException) -> Fault | None:
         _sqlstate, errno = _driver_error(exc)
-        if errno == 1205:
-            return _LOCK_TIMEOUT_FIRED
-        if errno in (1969, 3024):
-            return _STATEMENT_TIMEOUT_FIRED
-        return None
+        return _MYSQL_FAULTS.get(errno) if isinstance(errno, int) else None
 
 
 class SQLiteDialect(Dialect):
@@ -222,6 +255,30 @@ class SQLiteDialect(Dialect):
             "there (SQLite creates the file and a lock file beside it)"
         )
 
+    def fault(self, exc: BaseException) -> Fault | None:
+        orig = getattr(exc, "orig", None)
+        if getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_READONLY:
+            return Fault.READ_ONLY
+        if "readonly database" in str(orig):  # Pythons whose sqlite3 has no error codes
+            return Fault.READ_ONLY
+        return None
+
+
+_POSTGRES_FAULTS = {
+    "55P03": Fault.LOCK_TIMEOUT,  # lock_not_available
+    "57014": Fault.STATEMENT_TIMEOUT,  # query_canceled
+    "25006": Fault.READ_ONLY,  # read_only_sql_transaction (a hot standby)
+    "3F000": Fault.MISSING_SCHEMA,  # invalid_schema_name
+    "25001": Fault.NEEDS_AUTOCOMMIT,  # active_sql_transaction (CREATE INDEX CONCURRENTLY)
+}
+_MYSQL_FAULTS = {
+    1205: Fault.LOCK_TIMEOUT,  # lock wait timeout (lock_wait_timeout)
+    1969: Fault.STATEMENT_TIMEOUT,  # MariaDB max_statement_time
+    3024: Fault.STATEMENT_TIMEOUT,  # MySQL max_execution_time
+    1290: Fault.READ_ONLY,  # --read-only
+    1836: Fault.READ_ONLY,  # read-only mode
+    1049: Fault.MISSING_SCHEMA,  # unknown database (a schema, on MySQL)
+}
 
 _DIALECTS: dict[str, type[Dialect]] = {
     "postgresql": PostgresDialect,

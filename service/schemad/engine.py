@@ -102,6 +102,21 @@ def keep_mysql_sockets_alive(engine: Engine) -> None:
             configure_keepalive(sock)
 
 
+def unbound_pymysql_reads_once_connected(engine: Engine) -> None:
+    """Lift the read and write timeouts that bounded PyMySQL's handshake.
+
+    PyMySQL applies ``_read_timeout``/``_write_timeout`` to the socket before
+    each read and write, so clearing them makes every later statement wait
+    as long as it takes (bounded by schemad's own deadlines where it wants).
+    """
+
+    @event.listens_for(engine, "connect")
+    def _unbound(dbapi_connection: Any, _record: Any) -> None:
+        if hasattr(dbapi_connection, "_read_timeout"):
+            dbapi_connection._read_timeout = None
+            dbapi_connection._write_timeout = None
+
+
 def configure_keepalive(sock: socket.socket) -> None:
     """TCP keepalives and a user timeout: a silent peer is dropped in ~30 s.
 

@@ -143,29 +143,50 @@ class History:
         """Whether the table is known to exist with every column."""
         return self._ready
 
-    def ensure_table(self) -> None:
+    def ensure_table(self) -> bool:
         """Create the table, or add columns a newer schemad defines.
+
+        Returns:
+            False when its schema does not exist yet (env.py may create it
+            while migrating): nothing was created, try again later.
 
         Raises:
             DatabaseUnavailableError: the table can be neither read nor made.
         """
         if self._ready:
-            return
+            return True
+        schema = self.table.schema
         try:
             with self._session() as conn:
                 inspector = sa.inspect(conn)
-                if not inspector.has_table(self.table.name, schema=self.table.schema):
+                if schema is not None and not inspector.has_schema(schema):
+                    return False
+                if not inspector.has_table(self.table.name, schema=schema):
                     self.table.create(conn, checkfirst=True)
                 else:
                     self._add_missing_columns(conn, inspector)
                 conn.commit()
         except SQLAlchemyError as exc:
+            advice = self.database.explain_failure(exc, in_revision=False) or (
+                "grant schemad CREATE on the database or create the table by hand"
+            )
             raise DatabaseUnavailableError(
                 f"cannot create the history table {self.name}: "
-                f"{self.database.describe(exc)}; grant schemad "
-                "CREATE on the database or create the table by hand"
+                f"{self.database.describe(exc)}; {advice}"
             ) from exc
         self._ready = True
+        return True
+
+    def _require_ready(self) -> None:
+        """Make the table if need be, for a write on a connection of its own.
+
+        Raises:
+            DatabaseUnavailableError: it cannot be made, or its schema is missing.
+        """
+        if not self.ensure_table():
+            raise DatabaseUnavailableError(
+                f"the schema of the history table {self.name} does not exist"
+            )
 
     def _add_missing_columns(self, conn: sa.Connection, inspector: sa.Inspector) -> None:
         present = {c["name"] for c in inspector.get_columns(self.table.name, self.table.schema)}
@@ -188,7 +209,7 @@ class History:
         """
         if not entries:
             return
-        self.ensure_table()
+        self._require_ready()
         with self._session() as conn:
             conn.execute(self._insert, [self._values(entry) for entry in entries])
             conn.commit()
@@ -199,7 +220,7 @@ class History:
         Raises:
             SQLAlchemyError, DatabaseUnavailableError: the write failed.
         """
-        self.ensure_table()
+        self._require_ready()
         values = self._values(entry, outcome=HistoryOutcome.STARTED)
         with self._session() as conn:
             key: Any = conn.execute(self._insert, values).inserted_primary_key
@@ -212,7 +233,7 @@ class History:
         Raises:
             SQLAlchemyError, DatabaseUnavailableError: the write failed.
         """
-        self.ensure_table()
+        self._require_ready()
         with self._session() as conn:
             conn.execute(self._finish_started, {**self._values(entry), "started_id": row_id})
             conn.commit()

@@ -101,12 +101,17 @@ class Journal(NullJournal):
         self._redact = redact
         self._mark_started = not history.database.transactional_ddl
         self._started: dict[str, tuple[int, Direction]] = {}
+        # Rows of revisions applied before the table's schema existed.
+        self._unwritten: list[Entry] = []
+        self._deferred = False
 
     def prepare(self) -> None:
         # Rows are written inside the revisions' transactions, where creating
-        # the table would be too late (and not transactional everywhere).
+        # the table would be too late (and not transactional everywhere). A
+        # schema that does not exist yet is env.py's to create: the table
+        # follows once the first revision has committed.
         try:
-            self.history.ensure_table()
+            self._deferred = not self.history.ensure_table()
         except SchemadError as exc:
             self._write_failed(exc, 0)
 
@@ -149,7 +154,7 @@ class Journal(NullJournal):
     def started(self, revision: str, direction: Direction) -> None:
         # Only where DDL is not transactional: there a revision cut off half-way
         # may have left changes behind, and this row is how the next pass knows.
-        if not self._mark_started or revision in self._started:
+        if not self._mark_started or revision in self._started or self._deferred:
             return
         entry = self._entry(revision, direction, HistoryOutcome.STARTED, finished=False)
         try:
@@ -166,6 +171,9 @@ class Journal(NullJournal):
         following: str | None,
     ) -> None:
         entry = self._entry(revision, direction, HistoryOutcome.APPLIED, seconds=seconds)
+        if self._deferred:
+            self._unwritten.append(entry)
+            return
         started = self._started.pop(revision, None)
         started_id = started[0] if started else None
         self._write(lambda: self.history.record_in(conn, entry, started_id=started_id), 1)
@@ -177,6 +185,21 @@ class Journal(NullJournal):
             except (SQLAlchemyError, SchemadError):
                 # Not fatal: the revision marks itself when it starts.
                 self._started.pop(following, None)
+
+    def committed(self, step: AppliedStep) -> None:
+        super().committed(step)
+        if not self._deferred:
+            return
+        try:
+            self._deferred = not self.history.ensure_table()
+        except SchemadError as exc:
+            self._deferred = False
+            self._write_failed(exc, len(self._unwritten))
+            self._unwritten.clear()
+            return
+        if not self._deferred:
+            entries, self._unwritten = self._unwritten, []
+            self._write(lambda: self.history.write(entries), len(entries))
 
     def _entry(
         self,

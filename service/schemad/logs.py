@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
 import structlog
 from structlog.types import EventDict, Processor
 
+from schemad.masking import Secrets
+
+_NO_SECRETS = Secrets()
 _LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -26,30 +29,41 @@ _LEVELS = {
 
 
 class _Redactor:
-    """Replace secrets in every string field of an event."""
+    """Mask every form of every secret in an event, nested values included.
 
-    def __init__(self, secrets: Iterable[str]) -> None:
-        self.secrets = tuple(s for s in secrets if s and len(s) >= 3)
+    It runs after exceptions are rendered (a driver's error message or a
+    rendered traceback can quote the URL) and before the renderer. As the
+    final step of the formatter, it masks the rendered line too: a value
+    JSON could only render through ``repr`` is covered there.
+    """
+
+    def __init__(self, secrets: Secrets) -> None:
+        self.secrets = secrets
 
     def __call__(self, _logger: Any, _name: str, event: EventDict) -> EventDict:
         if not self.secrets:
             return event
-        for key, value in event.items():
-            if isinstance(value, str):
-                for secret in self.secrets:
-                    value = value.replace(secret, "***")
-                event[key] = value
-        return event
+        masked: EventDict = self.secrets.redact_deep(dict(event))
+        return masked
+
+    def line(self, _logger: Any, _name: str, rendered: Any) -> Any:
+        if self.secrets and isinstance(rendered, str):
+            return self.secrets.redact(rendered)
+        return rendered
 
 
 def configure(
     log_format: str = "auto",
     level: str = "info",
     *,
-    secrets: Iterable[str] = (),
+    secrets: Secrets = _NO_SECRETS,
     stream: IO[str] | None = None,
 ) -> None:
-    """Configure structlog and the stdlib root logger once, from the CLI."""
+    """Configure structlog and the stdlib root logger once, from the CLI.
+
+    Exceptions are rendered without local variables (a frame's locals hold
+    connection arguments, passwords among them), then masked.
+    """
     out = stream if stream is not None else sys.stderr
     as_json = log_format == "json" or (log_format == "auto" and not _is_tty(out))
     shared: list[Processor] = [
@@ -57,15 +71,20 @@ def configure(
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _Redactor(secrets),
     ]
     renderer: Processor
+    exceptions: Processor
     if as_json:
         renderer = structlog.processors.JSONRenderer()
-        tail: list[Processor] = [structlog.processors.dict_tracebacks]
+        exceptions = structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        )
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=_is_tty(out))
-        tail = []
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=_is_tty(out), exception_formatter=structlog.dev.plain_traceback
+        )
+        exceptions = structlog.processors.format_exc_info
+    redactor = _Redactor(secrets)
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
@@ -76,8 +95,10 @@ def configure(
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            *tail,
+            exceptions,
+            redactor,
             renderer,
+            redactor.line,
         ],
     )
     handler = logging.StreamHandler(out)

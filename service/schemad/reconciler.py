@@ -33,6 +33,7 @@ from schemad.audit import (
 )
 from schemad.database import Database
 from schemad.deadline import StatementGuard
+from schemad.dialect import Fault
 from schemad.drift import DriftChecker, DriftReport
 from schemad.errors import (
     ConfigError,
@@ -108,7 +109,9 @@ class DatabaseLike(Protocol):
 
     def make_durable(self, conn: Connection) -> None: ...
 
-    def explain_failure(self, exc: BaseException) -> str | None: ...
+    def explain_failure(self, exc: BaseException, in_revision: bool = True) -> str | None: ...
+
+    def fault(self, exc: BaseException | None) -> Fault | None: ...
 
     def redact(self, text: str) -> str: ...
 
@@ -222,6 +225,7 @@ class Reconciler:
 
         Raises:
             ScriptError: the scripts cannot be loaded.
+            ConfigError: a setting names a revision the scripts lack.
         """
         current = self._scripts
         if current is not None and not fingerprint_changed(
@@ -229,6 +233,13 @@ class Reconciler:
         ):
             return current
         loaded = self._load()
+        retry = self.settings.retry_interrupted
+        if retry is not None and retry not in loaded.graph.revisions:
+            raise ConfigError(
+                f"SCHEMAD_RETRY_INTERRUPTED={retry}: no such revision in the migrations; "
+                "name the revision the interrupted_revision refusal names, or unset it",
+                variable="SCHEMAD_RETRY_INTERRUPTED",
+            )
         if current is not None:
             self._log.info(
                 "scripts_reloaded",
@@ -492,7 +503,7 @@ class Reconciler:
                 self._make_durable(connection)
                 run.heads_after = self._heads_or_unknown()
                 run.journal.failed(exc)
-            raise
+            raise self._reclassified(exc) from exc.__cause__
         finally:
             connection.close()
         if applied.stopped:
@@ -514,8 +525,8 @@ class Reconciler:
         observer: StepObserver,
         watchdogs: StatementGuard,
     ) -> Applied:
-        def explain(exc: BaseException) -> str | None:
-            return watchdogs.explain() or self.database.explain_failure(exc)
+        def explain(exc: BaseException, in_revision: bool) -> str | None:
+            return watchdogs.explain() or self.database.explain_failure(exc, in_revision)
 
         return self._apply(
             scripts,
@@ -528,6 +539,26 @@ class Reconciler:
             explain=explain,
             clock=self._clock,
         )
+
+    def _reclassified(self, exc: MigrationFailedError) -> SchemadError:
+        """A failure that is not the revisions' fault, told as what it is.
+
+        A version-table schema that does not exist is a configuration error
+        (when env.py did not create it either); a database that refuses
+        writes cannot be migrated by any revision.
+        """
+        fault = self.database.fault(exc.__cause__)
+        schema = self.settings.version_table_schema
+        if fault is Fault.MISSING_SCHEMA and exc.revision is None and schema:
+            return ConfigError(
+                f"SCHEMAD_VERSION_TABLE_SCHEMA={schema}: the schema does not exist, so the "
+                f"version table cannot be created there ({exc.message}); create the schema "
+                "(or let env.py create it) or fix the setting",
+                variable="SCHEMAD_VERSION_TABLE_SCHEMA",
+            )
+        if fault is Fault.READ_ONLY:
+            return DatabaseUnavailableError(exc.message)
+        return exc
 
     def _make_durable(self, connection: Connection) -> None:
         # With asynchronous commits, what the pass applied is on disk once this

@@ -7,6 +7,7 @@ spec with Alembic's own rules (partial ids, ``label@head``, ``heads``).
 
 from __future__ import annotations
 
+import configparser
 import hashlib
 import os
 import time
@@ -62,12 +63,22 @@ def make_config(url: URL, *, alembic_config: Path | None, script_location: str |
         config = Config(str(alembic_config))
     else:
         config = Config()
-    if script_location is not None or alembic_config is None:
-        location = script_location or DEFAULT_SCRIPT_LOCATION
-        config.set_main_option("script_location", location.replace("%", "%%"))
-    # set_main_option interpolates '%': a URL-encoded password must be escaped.
-    plain = url.render_as_string(hide_password=False)
-    config.set_main_option("sqlalchemy.url", plain.replace("%", "%%"))
+    try:
+        if script_location is not None or alembic_config is None:
+            location = script_location or DEFAULT_SCRIPT_LOCATION
+            config.set_main_option("script_location", location.replace("%", "%%"))
+        # set_main_option interpolates '%': a URL-encoded password must be escaped.
+        plain = url.render_as_string(hide_password=False)
+        config.set_main_option("sqlalchemy.url", plain.replace("%", "%%"))
+        config.get_main_option("script_location")  # reads (and interpolates) the file now
+    except configparser.Error as exc:
+        raise _ini_problem(config, exc) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"SCHEMAD_ALEMBIC_CONFIG={alembic_config}: the file is not UTF-8 text "
+            f"({exc.reason} at byte {exc.start}); point it at the project's alembic.ini",
+            variable="SCHEMAD_ALEMBIC_CONFIG",
+        ) from exc
     config.attributes["schemad"] = True
     return config
 
@@ -87,8 +98,10 @@ def load_scripts(config: Config) -> Scripts:
             _require_env_py(directory)
             graph, checksums = _graph(directory)
             _require_revisions(directory, graph)
-    except ScriptError:
+    except (ScriptError, KeyboardInterrupt):
         raise
+    except configparser.Error as exc:
+        raise _ini_problem(config, exc) from exc
     except CommandError as exc:
         raise ScriptError(_script_problem(config, exc)) from exc
     except Warning as exc:
@@ -96,7 +109,7 @@ def load_scripts(config: Config) -> Scripts:
             f"the migration scripts are inconsistent: {exc}; fix the revision files "
             "(`alembic history` shows the same problem)"
         ) from exc
-    except Exception as exc:  # a revision file that does not import: any error
+    except BaseException as exc:  # a revision file that does not import (even sys.exit())
         raise ScriptError(
             f"cannot load the migration scripts in {_location(config)}: "
             f"{first_line(exc)}; fix the revision file "
@@ -111,10 +124,16 @@ def _require_revisions(directory: ScriptDirectory, graph: Graph) -> None:
     # Zero revisions is how a missing or empty volume mount looks; treating it
     # as "in sync" would hide the broken mount.
     if not graph.revisions:
-        locations = ", ".join(str(p) for p in directory._version_locations)
+        locations = [str(p) for p in directory._version_locations]
+        for location in locations:
+            if os.path.isdir(location) and not os.access(location, os.R_OK | os.X_OK):
+                raise ScriptError(
+                    f"cannot read the revision directory {location}: permission denied for "
+                    f"uid {os.getuid()}; make it (and its files) readable by schemad"
+                )
         raise ScriptError(
             f"the migrations directory {directory.dir} has no revision files (looked in "
-            f"{locations}); check that the migrations are copied or mounted there, or "
+            f"{', '.join(locations)}); check that the migrations are copied or mounted there, or "
             "create the first one with `alembic revision -m ...`"
         )
 
@@ -123,12 +142,24 @@ def _require_env_py(directory: ScriptDirectory) -> None:
     # Alembic only looks for env.py when a command runs it; without this check
     # `status` and `plan` would look fine and `upgrade` fail under the lock.
     path = directory.env_py_location
-    if not os.path.exists(path) and pyc_file_from_path(path) is None:
+    if not os.path.exists(path):
+        if pyc_file_from_path(path) is None:
+            raise ScriptError(
+                f"the migrations directory {directory.dir} has no env.py; copy the "
+                "project's env.py there (or schemad's migrations/env.py), or point "
+                "SCHEMAD_SCRIPT_LOCATION at the directory that has it"
+            )
+        return
+    try:
+        with open(path, "rb") as source:
+            compile(source.read(), path, "exec", dont_inherit=True)
+    except SyntaxError as exc:
         raise ScriptError(
-            f"the migrations directory {directory.dir} has no env.py; copy the project's "
-            "env.py there (or schemad's migrations/env.py), or point "
-            "SCHEMAD_SCRIPT_LOCATION at the directory that has it"
-        )
+            f"{path} does not compile: SyntaxError: {exc.msg} (line {exc.lineno}); "
+            "fix env.py (`alembic upgrade head` shows the same error)"
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise ScriptError(f"cannot read {path}: {first_line(exc)}") from exc
 
 
 def scripts_fingerprint(config: Config) -> tuple[tuple[str, int], ...]:
@@ -214,6 +245,14 @@ def _graph(directory: ScriptDirectory) -> tuple[Graph, dict[str, str | None]]:
     }
     order = tuple(script.revision for script in reversed(newest_first))
     return Graph(revisions, order, tuple(sorted(directory.get_heads()))), checksums
+
+
+def _ini_problem(config: Config, exc: configparser.Error) -> ConfigError:
+    return ConfigError(
+        f"SCHEMAD_ALEMBIC_CONFIG={config.config_file_name}: {first_line(exc, with_type=False)}; "
+        "fix the ini file (`alembic current` fails on it the same way)",
+        variable="SCHEMAD_ALEMBIC_CONFIG",
+    )
 
 
 def _script_problem(config: Config, exc: CommandError) -> str:

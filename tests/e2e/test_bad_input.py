@@ -11,22 +11,28 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from schemad.database import Database
+from support.databases import mariadb_user
 from support.scripts import linear_project, make_project, write_revision
+from support.secrets import secret_forms
 
 pytestmark = pytest.mark.e2e
 
-PASSWORD = "S3cr3t-Pa55"
-CLOSED_POSTGRES = f"postgresql+psycopg://app:{PASSWORD}@127.0.0.1:1/app"
+# Every character that needs quoting in a URL, so each form it takes in text is tried.
+PASSWORD = "S3cr3t!@:/%Pa55"
+QUOTED = quote(PASSWORD, safe="")
+SECRET_FORMS = secret_forms(PASSWORD)
+CLOSED_POSTGRES = f"postgresql+psycopg://app:{QUOTED}@127.0.0.1:1/app"
 TIMEOUT_SECONDS = 60
 
 
@@ -88,6 +94,8 @@ class Case:
     database: str = "sqlite"
     hold_lock: bool = False
     marks: tuple[pytest.MarkDecorator, ...] = field(default=())
+    absent: tuple[str, ...] = ()
+    """Fragments that must not be in the output (a wrong explanation)."""
 
 
 def _write(path: Path, text: str) -> Path:
@@ -283,6 +291,76 @@ def wait_behind(ctx: Context) -> dict[str, str]:
     return ctx.settings(ctx.project(), wait_timeout_seconds="0.5", wait_interval_seconds="0.1")
 
 
+def env_py_exits(ctx: Context) -> dict[str, str]:
+    project = ctx.project()
+    _edit(
+        project / "env.py",
+        "config = context.config\n",
+        'config = context.config\nraise SystemExit("needs -x tenant=NAME")\n',
+    )
+    return ctx.settings(project)
+
+
+def env_py_syntax_error(ctx: Context) -> dict[str, str]:
+    project = ctx.project()
+    with (project / "env.py").open("a") as env_py:
+        env_py.write("\ndef broken(:\n")
+    return ctx.settings(project)
+
+
+def revision_exits_at_import(ctx: Context) -> dict[str, str]:
+    project = ctx.project()
+    _edit(
+        project / "versions" / "r0002.py",
+        "import sqlalchemy as sa",
+        "import sys\nsys.exit(0)\nimport sqlalchemy as sa",
+    )
+    return ctx.settings(project)
+
+
+def base_exception_revision(ctx: Context) -> dict[str, str]:
+    project = ctx.project()
+    write_revision(
+        project,
+        "r0004",
+        "r0003",
+        message="Add audit table",
+        upgrade="class Halt(BaseException):\n    pass\nraise Halt('stopped here')",
+    )
+    return ctx.settings(project)
+
+
+def url_file_not_utf8(ctx: Context) -> dict[str, str]:
+    path = ctx.tmp / "url"
+    path.write_bytes(b"postgresql+psycopg://app:\xff\xfe@127.0.0.1:1/app")
+    return {"database_url_file": str(path)}
+
+
+def alembic_config_not_utf8(ctx: Context) -> dict[str, str]:
+    path = ctx.tmp / "alembic.ini"
+    path.write_bytes(b"[alembic]\nscript_location = \xff\xfe\n")
+    return ctx.settings(alembic_config=str(path))
+
+
+def ini_missing_interpolation(ctx: Context) -> dict[str, str]:
+    project = ctx.project()
+    ini = _write(ctx.tmp / "alembic.ini", f"[alembic]\nscript_location = %(nosuch)s/{project}\n")
+    return ctx.settings(alembic_config=str(ini))
+
+
+def mysql_ssl_ca_missing(ctx: Context) -> dict[str, str]:
+    url = make_url(ctx.url).update_query_dict({"ssl_ca": "/nonexistent/ca.pem"})
+    return ctx.settings(ctx.project(), database_url=url.render_as_string(hide_password=False))
+
+
+def version_table_schema_missing(ctx: Context) -> dict[str, str]:
+    return ctx.settings(ctx.project(), version_table_schema="no_such_schema")
+
+
+def retry_unknown_revision(ctx: Context) -> dict[str, str]:
+    return ctx.settings(ctx.project(), retry_interrupted="nosuchrev")
+
+
 POSTGRES = (pytest.mark.postgres,)
 MARIADB = (pytest.mark.mariadb,)
 
@@ -292,15 +370,15 @@ CASES: dict[str, Case] = {
     "bad-url": Case(
         78,
         "SCHEMAD_DATABASE_URL is not a valid SQLAlchemy URL",
-        url_only(f"postgresql://app:{PASSWORD}@db:port/app"),
+        url_only(f"postgresql://app:{QUOTED}@db:port/app"),
     ),
     "unsupported-dialect": Case(
-        78, "database 'oracle' is not supported", url_only(f"oracle://app:{PASSWORD}@db/app")
+        78, "database 'oracle' is not supported", url_only(f"oracle://app:{QUOTED}@db/app")
     ),
     "unknown-driver": Case(
         78,
         "the driver 'postgresql+nosuchdriver' is not available",
-        url_only(f"postgresql+nosuchdriver://app:{PASSWORD}@127.0.0.1/app"),
+        url_only(f"postgresql+nosuchdriver://app:{QUOTED}@127.0.0.1/app"),
     ),
     "in-memory-sqlite": Case(78, "in-memory SQLite database vanishes", url_only("sqlite://")),
     "in-memory-sqlite-explicit": Case(
@@ -316,7 +394,7 @@ CASES: dict[str, Case] = {
         78, "set SCHEMAD_DATABASE_URL or SCHEMAD_DATABASE_URL_FILE, not both", url_and_file
     ),
     "url-file-without-database": Case(
-        78, "the URL names no database", url_file(f"mysql+pymysql://root:{PASSWORD}@db:3306\n")
+        78, "the URL names no database", url_file(f"mysql+pymysql://root:{QUOTED}@db:3306\n")
     ),
     "bad-number": Case(
         78, "SCHEMAD_LOCK_WAIT_SECONDS='soon'", with_setting(lock_wait_seconds="soon")
@@ -344,6 +422,26 @@ CASES: dict[str, Case] = {
         78, "SCHEMAD_VERSION_TABLE='a;drop'", with_setting(version_table="a;drop")
     ),
     "alembic-config-missing": Case(78, "SCHEMAD_ALEMBIC_CONFIG=", alembic_config_missing),
+    "url-file-not-utf8": Case(78, "the file is not UTF-8 text", url_file_not_utf8),
+    "alembic-config-not-utf8": Case(78, "the file is not UTF-8 text", alembic_config_not_utf8),
+    "ini-missing-interpolation": Case(78, "interpolation key 'nosuch'", ini_missing_interpolation),
+    "mysql-ssl-ca-missing": Case(
+        78,
+        "the driver refused the connection options: FileNotFoundError",
+        mysql_ssl_ca_missing,
+        database="mariadb",
+        marks=MARIADB,
+    ),
+    "version-table-schema-missing": Case(
+        78,
+        "SCHEMAD_VERSION_TABLE_SCHEMA=no_such_schema: the schema does not exist",
+        version_table_schema_missing,
+        database="postgres",
+        marks=POSTGRES,
+    ),
+    "retry-unknown-revision": Case(
+        78, "SCHEMAD_RETRY_INTERRUPTED=nosuchrev: no such revision", retry_unknown_revision
+    ),
     "env-py-other-version-table": Case(
         78, "env.py uses the version table other_version", env_py_other_version_table
     ),
@@ -357,6 +455,16 @@ CASES: dict[str, Case] = {
     "env-py-missing-status": Case(66, "has no env.py", env_py_missing, command=("status",)),
     "syntax-error": Case(66, "SyntaxError", syntax_error),
     "import-error": Case(66, "No module named 'nosuchmodule_xyz'", import_error),
+    "revision-exits-at-import": Case(66, "SystemExit: 0", revision_exits_at_import),
+    "env-py-syntax-error": Case(66, "env.py does not compile: SyntaxError", env_py_syntax_error),
+    "env-py-syntax-error-status": Case(
+        66, "env.py does not compile: SyntaxError", env_py_syntax_error, command=("status",)
+    ),
+    "env-py-exits": Case(
+        66,
+        "env.py failed before any revision ran: SystemExit: needs -x tenant=NAME",
+        env_py_exits,
+    ),
     "cycle": Case(66, "Cycle is detected in revisions", cycle),
     "missing-down-revision": Case(66, "Revision r9999 referenced from", missing_down_revision),
     "duplicate-revision": Case(66, "Revision r0003 is present more than once", duplicate_revision),
@@ -406,14 +514,40 @@ CASES: dict[str, Case] = {
         marks=POSTGRES,
     ),
     "env-py-raises": Case(
-        70, "env.py) failed before any revision ran: RuntimeError: env.py is broken", env_py_raises
+        66, "env.py failed before any revision ran: RuntimeError: env.py is broken", env_py_raises
+    ),
+    "env-py-raises-mariadb": Case(
+        66,
+        "env.py failed before any revision ran",
+        env_py_raises,
+        database="mariadb_user",
+        marks=MARIADB,
+        absent=("stay applied",),
+    ),
+    "revision-sys-exit-0": Case(
+        70,
+        "revision r0004 (Add audit table) failed: SystemExit: 0",
+        failing_revision("import sys\nsys.exit(0)"),
+    ),
+    "revision-sys-exit-3": Case(
+        70,
+        "revision r0004 (Add audit table) failed: SystemExit: 3",
+        failing_revision("import sys\nsys.exit(3)"),
+    ),
+    "revision-sys-exit-message": Case(
+        70,
+        "revision r0004 (Add audit table) failed: SystemExit: no tenant given",
+        failing_revision('import sys\nsys.exit("no tenant given")'),
+    ),
+    "revision-base-exception": Case(
+        70, "revision r0004 (Add audit table) failed: Halt: stopped here", base_exception_revision
     ),
     # 69: the database cannot be reached or read
     "postgres-closed-port": Case(69, "Connection refused", url_only(CLOSED_POSTGRES)),
     "password-in-query": Case(
         69,
         "cannot connect to postgresql+psycopg://app:***@127.0.0.1:1/app",
-        url_only(f"postgresql+psycopg://app@127.0.0.1:1/app?password={PASSWORD}"),
+        url_only(f"postgresql+psycopg://app@127.0.0.1:1/app?password={quote_plus(PASSWORD)}"),
     ),
     "postgres-no-such-database": Case(
         69,
@@ -453,15 +587,19 @@ def _server_url(request: pytest.FixtureRequest, fixture: str) -> str:
 
 
 @pytest.fixture
-def context(request: pytest.FixtureRequest, tmp_path: Path) -> Context:
+def context(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Context]:
     case: Case = request.param
     if case.database == "postgres":
         url = _server_url(request, "postgres_url")
     elif case.database == "mariadb":
         url = _server_url(request, "mariadb_url")
+    elif case.database == "mariadb_user":
+        with mariadb_user(str(request.getfixturevalue("mariadb_url")), PASSWORD) as user_url:
+            yield Context(tmp_path, user_url)
+        return
     else:
         url = f"sqlite:///{tmp_path / 'app.db'}"
-    return Context(tmp_path, url)
+    yield Context(tmp_path, url)
 
 
 def readable(output: str) -> str:
@@ -512,7 +650,8 @@ def test_bad_input(context: Context, request: pytest.FixtureRequest) -> None:
     assert done.returncode == case.exit_code, output
     assert case.fragment in readable(output), output
     assert "Traceback" not in output, output
-    assert PASSWORD not in output, output
+    assert [form for form in SECRET_FORMS if form in output] == [], output
+    assert [text for text in case.absent if text in output] == [], output
 
 
 def test_there_are_enough_cases() -> None:

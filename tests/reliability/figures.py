@@ -149,6 +149,17 @@ def _bad_input(records: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def _silent_peers(records: list[dict[str, Any]]) -> list[str]:
+    by_case: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for r in records:
+        by_case[(r["backend"], r["command"])].append(r["seconds"])
+    return [
+        f"silent    {backend:<10} a peer that accepts and never answers: `schemad {command}` "
+        f"ended in {_seconds(seconds)} (connect timeout 2s, wait timeout 5s)"
+        for (backend, command), seconds in sorted(by_case.items())
+    ]
+
+
 _SECTIONS = {
     "races": _races,
     "daemons": _daemons,
@@ -157,4 +168,5 @@ _SECTIONS = {
     "outage": _outages,
     "slow_lock": _slow_locks,
     "bad_input": _bad_input,
+    "silent_peer": _silent_peers,
 }

@@ -24,7 +24,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
@@ -36,24 +36,21 @@ from e2e.test_bad_input import Case, Context, environment, readable
 from schemad.database import Database
 from schemad.settings import Settings
 from support.daemon import DaemonProcess, daemon_env
-from support.databases import stamp
+from support.databases import mariadb_user, stamp
 from support.forkserver import ForkServer, Job
 from support.scripts import create_table, linear_project, make_project, write_revision
+from support.secrets import secret_forms
 
 from .figures import Figures
 
 pytestmark = pytest.mark.reliability
 
-PASSWORD = "Rel-S3cret-77"
-CLOSED_POSTGRES = f"postgresql+psycopg://app:{PASSWORD}@127.0.0.1:1/app"
+PASSWORD = "Rel-S3cret!@:/%77"
+CLOSED_POSTGRES = f"postgresql+psycopg://app:{quote(PASSWORD, safe='')}@127.0.0.1:1/app"
 NOBODY = 65534
 TIMEOUT_SECONDS = 60.0
 DAEMON_TIMEOUT_SECONDS = 30.0
 SettingsFn = Callable[[Context], dict[str, str]]
-
-
-def secret_forms(password: str) -> tuple[str, ...]:
-    return (password, quote_plus(password), quote(password, safe=""))
 
 
 # -- every setting, wrong --------------------------------------------------------------------
@@ -69,7 +66,7 @@ BAD_SETTINGS: list[tuple[str, str, str]] = [
     ("history_enabled", "perhaps", "Input should be a valid boolean"),
     ("history_table", "x-y", "String should match pattern"),
     ("on_tamper", "panic", "Input should be 'warn' or 'block'"),
-    ("drift_interval_seconds", "0", "Input should be greater than 0"),
+    ("drift_interval_seconds", "0", "Input should be greater than or equal to 1"),
     ("lock_wait_seconds", "-1", "Input should be greater than 0"),
     ("connect_timeout_seconds", "100000", "Input should be less than or equal to 86400"),
     ("connect_timeout_seconds", "ten", "Input should be a valid number"),
@@ -78,10 +75,14 @@ BAD_SETTINGS: list[tuple[str, str, str]] = [
     ("statement_timeout_seconds", "inf", "Input should be a finite number"),
     ("async_commit", "sometimes", "Input should be a valid boolean"),
     ("wait_timeout_seconds", "-0.5", "Input should be greater than 0"),
-    ("wait_interval_seconds", "0", "Input should be greater than 0"),
+    ("wait_interval_seconds", "0", "Input should be greater than or equal to 0.1"),
     ("log_format", "xml", "Input should be 'auto', 'json' or 'console'"),
     ("log_level", "trace", "Input should be 'debug', 'info', 'warning' or 'error'"),
-    ("interval_seconds", "-3", "Input should be greater than 0"),
+    ("interval_seconds", "-3", "Input should be greater than or equal to 1"),
+    ("interval_seconds", "0.001", "Input should be greater than or equal to 1"),
+    ("version_table", "v" * 64, "String should have at most 63 characters"),
+    ("version_table_schema", "s" * 64, "String should have at most 63 characters"),
+    ("history_table", "h" * 64, "String should have at most 63 characters"),
     ("interval_seconds", "1m", "Input should be a valid number"),
     ("schedule", "* * *", "expected a five-field cron expression"),
     ("schedule", "*/5 * * * mon-xyz", "expected a five-field cron expression"),
@@ -130,6 +131,50 @@ def unreadable_migrations(ctx: Context) -> dict[str, str]:
     project = ctx.project()
     project.chmod(0)
     return ctx.settings(project)
+
+
+def unreadable_versions(ctx: Context) -> dict[str, str]:
+    """env.py readable, versions/ not: the problem is named, not "no revision files"."""
+    project = ctx.project()
+    (project / "versions").chmod(0)
+    return ctx.settings(project)
+
+
+def read_only_sqlite(ctx: Context) -> dict[str, str]:
+    """A database file the (unprivileged) process may read but not write."""
+    database = Path(make_url(ctx.url).database or "")
+    stamp(ctx.url)  # creates the file, owned by root
+    database.chmod(0o444)
+    return ctx.settings(ctx.project())
+
+
+def read_only_directory(ctx: Context) -> dict[str, str]:
+    """`status` needs no write access: the database's directory is read-only."""
+    directory = ctx.tmp / "readonly"
+    directory.mkdir()
+    url = f"sqlite:///{directory / 'app.db'}"
+    stamp(url, "r0001")
+    directory.chmod(0o555)
+    return ctx.settings(ctx.project(), database_url=url)
+
+
+def schema_made_by_env_py(ctx: Context) -> dict[str, str]:
+    """env.py creates the tenant schema that holds the version and history tables."""
+    project = ctx.project()
+    env_py = project / "env.py"
+    env_py.write_text(
+        env_py.read_text().replace(
+            "    context.configure(connection=connection, target_metadata=target_metadata)",
+            "    connection.exec_driver_sql('CREATE SCHEMA IF NOT EXISTS tenant_a')\n"
+            "    connection.commit()\n"
+            "    context.configure(\n"
+            "        connection=connection,\n"
+            "        target_metadata=target_metadata,\n"
+            "        version_table_schema='tenant_a',\n"
+            "    )",
+        )
+    )
+    return ctx.settings(project, version_table_schema="tenant_a")
 
 
 def revision_without_id(ctx: Context) -> dict[str, str]:
@@ -193,6 +238,8 @@ class Entry:
     password: str = PASSWORD
     run_as: int | None = None
     fragments: tuple[str, ...] = field(default=())
+    absent: tuple[str, ...] = field(default=())
+    """Fragments that must not be in the output (a wrong explanation)."""
 
 
 POSTGRES = (pytest.mark.postgres,)
@@ -228,6 +275,27 @@ def _entries() -> dict[str, Entry]:
     entries.update({f"files-{n}": Entry(c, "migration files") for n, c in files.items()})
     entries["files-unreadable-migrations"] = Entry(
         Case(66, "Permission denied", unreadable_migrations), "migration files", run_as=NOBODY
+    )
+    entries["files-unreadable-versions"] = Entry(
+        Case(66, "cannot read the revision directory", unreadable_versions),
+        "migration files",
+        run_as=NOBODY,
+    )
+    entries["state-sqlite-read-only-file"] = Entry(
+        Case(69, "the database is read-only for schemad", read_only_sqlite),
+        "database states",
+        run_as=NOBODY,
+        absent=("fix the revision", "fix env.py", "grant schemad CREATE"),
+    )
+    entries["state-sqlite-status-read-only-directory"] = Entry(
+        Case(3, "r0001", read_only_directory, command=("status",)),
+        "database states",
+        run_as=NOBODY,
+    )
+    entries["state-postgres-schema-made-by-env-py"] = Entry(
+        Case(0, '"outcome": "applied"', schema_made_by_env_py, database="postgres", marks=POSTGRES),
+        "database states",
+        absent=("grant schemad CREATE", "history_write_failed"),
     )
     for database, marks in (("sqlite", ()), ("postgres", POSTGRES), ("mariadb", MARIADB)):
         states = {
@@ -271,30 +339,16 @@ ENTRIES = _entries()
 # -- running a case --------------------------------------------------------------------------
 
 
-@pytest.fixture
-def mariadb_user_url(mariadb_url: str) -> Iterator[str]:
-    """The MariaDB test database through a user whose password is the test password."""
-    admin = sa.create_engine(mariadb_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    parsed = make_url(mariadb_url)
-    user = f"rel_{parsed.database[-12:]}" if parsed.database else "rel_user"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{PASSWORD}'"))
-        conn.execute(sa.text(f"GRANT ALL ON `{parsed.database}`.* TO '{user}'@'%'"))
-    try:
-        yield parsed.set(username=user, password=PASSWORD).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"DROP USER IF EXISTS '{user}'@'%'"))
-        admin.dispose()
-
-
-def database_url(entry: Entry, request: pytest.FixtureRequest, tmp: Path) -> str:
+def database_url(
+    entry: Entry, request: pytest.FixtureRequest, tmp: Path, resources: ExitStack
+) -> str:
     database = entry.case.database
     if database == "postgres":
         url = make_url(str(request.getfixturevalue("postgres_url")))
         return url.set(password=entry.password).render_as_string(hide_password=False)
-    if database == "mariadb" and entry.password == PASSWORD:
-        return str(request.getfixturevalue("mariadb_user_url"))
+    if database == "mariadb_user" or (database == "mariadb" and entry.password == PASSWORD):
+        server = str(request.getfixturevalue("mariadb_url"))
+        return resources.enter_context(mariadb_user(server, entry.password))
     if database == "mariadb":  # the e2e table's wrong-password case
         url = make_url(str(request.getfixturevalue("mariadb_url")))
         return url.set(password=entry.password).render_as_string(hide_password=False)
@@ -332,7 +386,9 @@ def test_bad_input(
     tmp = tmp_path
     if entry.run_as is not None:
         tmp = request.getfixturevalue("world_tmp")
-    ctx = Context(tmp, database_url(entry, request, tmp))
+    resources = ExitStack()
+    request.addfinalizer(resources.close)
+    ctx = Context(tmp, database_url(entry, request, tmp, resources))
     env = environment(case.settings(ctx))
     workdir = tmp / "workdir"
     workdir.mkdir()
@@ -354,12 +410,14 @@ def test_bad_input(
         "fragments": True,
         "traceback": False,
         "password": [],
+        "wrong explanation": [],
     }
     actual = {
         "exit_code": run.returncode,
         "fragments": all(f in text for f in (case.fragment, *entry.fragments)),
         "traceback": "Traceback" in output,
         "password": [s for s in secret_forms(entry.password) if s in output],
+        "wrong explanation": [f for f in (*case.absent, *entry.absent) if f in text],
     }
     assert expected == actual, output[-4000:]
 
@@ -423,6 +481,13 @@ def syntax_error(_ctx: DaemonContext, project: Path) -> dict[str, str]:
     return {}
 
 
+def exits_zero(_ctx: DaemonContext, project: Path) -> dict[str, str]:
+    write_revision(
+        project, "r0004", "r0003", message="Add audit", upgrade="import sys\nsys.exit(0)"
+    )
+    return {}
+
+
 def unknown_in_db(ctx: DaemonContext, _project: Path) -> dict[str, str]:
     stamp(ctx.url, "feedface")
     return {}
@@ -447,7 +512,11 @@ DAEMON_CASES: dict[str, DaemonCase] = {
     ),
     "run-wrong-password": DaemonCase(
         "Access denied",
-        lambda c, p: {"database_url": c.url.replace(PASSWORD, "Wrong-" + PASSWORD)},
+        lambda c, p: {
+            "database_url": make_url(c.url)
+            .set(password="Wrong-" + PASSWORD)
+            .render_as_string(hide_password=False)
+        },
         outcome="unavailable",
         database="mariadb",
         marks=MARIADB,
@@ -457,6 +526,9 @@ DAEMON_CASES: dict[str, DaemonCase] = {
         "revision r0004 (Add audit) failed: RuntimeError: boom", failing, outcome="failed"
     ),
     "run-syntax-error": DaemonCase("SyntaxError", syntax_error, outcome="script_error"),
+    "run-revision-exits-0": DaemonCase(
+        "revision r0004 (Add audit) failed: SystemExit: 0", exits_zero, outcome="failed"
+    ),
     "run-unknown-revision": DaemonCase(
         "which these migrations do not contain",
         unknown_in_db,
@@ -483,12 +555,12 @@ def test_bad_input_to_the_daemon(
     """It exits with its code, or stays up reporting the outcome; no traceback, no password."""
     case = DAEMON_CASES[name]
     entry = Entry(Case(0, "", lambda ctx: {}, database=case.database), "daemon")
-    url = database_url(entry, request, tmp_path)
     project = tmp_path / "project"
     linear_project(project, 3)
     bodies: list[str] = []
     code: int | None = None
     with ExitStack() as resources:
+        url = database_url(entry, request, tmp_path, resources)
         settings = case.settings(DaemonContext(tmp_path, url, resources), project)
         env = daemon_env(settings.pop("database_url", url), project, **settings)
         daemon = resources.enter_context(running(env, wait_for_http=case.exit_code is None))

@@ -94,3 +94,25 @@ def sibling_database(url: str) -> Iterator[str]:
             else:
                 conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
         admin.dispose()
+
+
+@contextmanager
+def mariadb_user(url: str, password: str) -> Iterator[str]:
+    """``url`` with a new MariaDB user who has ``password`` and every right on its
+    database (root has no password here, so a password needs a user of its own)."""
+    parsed = make_url(url)
+    user = f"schemad_u_{uuid.uuid4().hex[:8]}"
+    # Not connected to the database itself: it may be dropped before the user is.
+    admin = sa.create_engine(
+        parsed.set(database=None), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool
+    )
+    try:
+        with admin.connect() as conn:
+            # text() escapes '%' for PyMySQL's format parameters; exec_driver_sql would not.
+            conn.execute(sa.text(f"CREATE USER '{user}'@'%' IDENTIFIED BY :pw"), {"pw": password})
+            conn.execute(sa.text(f"GRANT ALL ON `{parsed.database}`.* TO '{user}'@'%'"))
+        yield parsed.set(username=user, password=password).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP USER IF EXISTS '{user}'@'%'"))
+        admin.dispose()

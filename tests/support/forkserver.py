@@ -40,7 +40,7 @@ from types import TracebackType
 DEFAULT_TIMEOUT_SECONDS = 120.0
 
 _SERVER = r"""
-import json, os, sys, traceback
+import json, logging.config, os, sys, traceback
 import sqlite3
 import psycopg, pymysql, sqlalchemy
 import schemad.applier, schemad.cli, schemad.reconciler, schemad.scheduler

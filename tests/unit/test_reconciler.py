@@ -17,6 +17,7 @@ from alembic.config import Config
 from structlog.testing import capture_logs
 
 from schemad.applier import Applied, StepObserver
+from schemad.dialect import Fault
 from schemad.errors import (
     ConfigError,
     DatabaseUnavailableError,
@@ -134,7 +135,10 @@ class FakeDatabase:
     def make_durable(self, conn: Any) -> None:
         self.durable_calls += 1
 
-    def explain_failure(self, exc: BaseException) -> str | None:
+    def explain_failure(self, exc: BaseException, in_revision: bool = True) -> str | None:
+        return None
+
+    def fault(self, exc: BaseException | None) -> Fault | None:
         return None
 
     def redact(self, text: str) -> str:

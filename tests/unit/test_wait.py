@@ -74,7 +74,7 @@ def wait(looks: Looks, clock: FakeClock, **settings: Any) -> int:
         cast(Reconciler, looks),
         io.StringIO(),
     )
-    return cmd_wait(app, argparse.Namespace(), clock=clock, sleep=clock.sleep)
+    return cmd_wait(app, argparse.Namespace(), clock=clock, sleep=clock.sleep, hard_deadline=False)
 
 
 def test_wait_returns_once_the_schema_is_ready() -> None:
