@@ -17,16 +17,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationStep
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from schemad import logs
+if TYPE_CHECKING:
+    from schemad.database import Database
+
+from schemad.environment import Adopter, EnvRun, run_env
 from schemad.errors import (
-    ConfigError,
     MigrationFailedError,
     PlanRejectedError,
     SchemadError,
@@ -75,33 +76,47 @@ class _Run:
     def __init__(self, observer: StepObserver, clock: Callable[[], float]) -> None:
         self.observer = observer
         self.clock = clock
+        self.env: EnvRun | None = None
         self.stopped = False
         self.current_started = 0.0
         self.current: MigrationStep | None = None
         self._steps: list[MigrationStep] = []
         self._position = 0
         self.applied: list[AppliedStep] = []
+        # Steps done inside a transaction env.py opened itself: committed only
+        # when env.py commits, so announced then.
+        self._uncommitted: list[AppliedStep] = []
 
     def version_applied(self, *, ctx: Any, **_kwargs: Any) -> None:
         """An Alembic ``on_version_apply`` hook: hands the step's connection
         to the observer, still inside the step's transaction."""
         step = self.current
-        if step is None:  # pragma: no cover - Alembic calls it inside a step
-            return
+        if step is None or not self._primary(ctx):
+            return  # another database of a multidb env.py follows along
         elapsed = self.clock() - self.current_started
         self.observer.in_transaction(
             ctx.connection, _revision_of(step), _direction_of(step), elapsed, self._next()
         )
+
+    def _primary(self, context: Any) -> bool:
+        return self.env is None or self.env.is_primary(context)
 
     def _next(self) -> str | None:
         """The revision Alembic runs after the current one, if any."""
         index = self._position + 1
         return _revision_of(self._steps[index]) if index < len(self._steps) else None
 
+    def steps_for(self, steps: list[MigrationStep], context: Any) -> Iterable[MigrationStep]:
+        """The primary database's steps, timed and told; another's, as they are."""
+        if not self._primary(context):
+            return steps
+        return self.timed(steps)
+
     def timed(self, steps: Iterable[MigrationStep]) -> Iterator[MigrationStep]:
         # Alembic pulls the next step only after the previous one's
         # transaction has committed, so resuming here marks that commit.
         self._steps = list(steps)
+        external = self.env is not None and self.env.external_transaction
         for position, step in enumerate(self._steps):
             self._position = position
             if self.observer.should_stop():
@@ -118,9 +133,19 @@ class _Run:
                 direction=_direction_of(step),
                 duration_seconds=self.clock() - started,
             )
-            self.applied.append(done)
             self.current = None
+            if external:
+                self._uncommitted.append(done)
+            else:
+                self.applied.append(done)
+                self.observer.committed(done)
+
+    def env_committed(self) -> None:
+        """env.py's own transaction committed: its steps are applied now."""
+        for done in self._uncommitted:
+            self.applied.append(done)
             self.observer.committed(done)
+        self._uncommitted.clear()
 
 
 class _Rendering:
@@ -145,9 +170,11 @@ def apply_plan(
     plan: Plan,
     destination: str,
     *,
+    database: Database,
     version_table: str,
     version_table_schema: str | None,
     observer: StepObserver,
+    adopt: Adopter | None = None,
     explain: Callable[[BaseException, bool], str | None] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> Applied:
@@ -158,9 +185,13 @@ def apply_plan(
         connection: a connection with no transaction begun (see DESIGN.md).
         plan: an upgrade or downgrade plan made under the lock.
         destination: the target spec as Alembic understands it.
+        database: the database ``connection`` is on (to recognise env.py's
+            own connections to it).
         version_table: the version table schemad reads.
         version_table_schema: its schema, if not the default.
         observer: told about each revision, asked before each whether to stop.
+        adopt: puts schemad's session settings on a connection env.py opened
+            itself on the same database.
         explain: the database's reading of a failure (e.g. which safety
             timeout fired), told whether a revision was running.
         clock: a monotonic clock, for durations.
@@ -173,33 +204,37 @@ def apply_plan(
         MigrationFailedError: a revision raised (earlier steps stay committed),
             or the database refused what env.py or Alembic asked of it.
         ScriptError: env.py failed before any revision ran.
-        ConfigError: env.py configures a different version table.
+        ConfigError: env.py configures a different version table, or migrates
+            another database.
     """
     if plan.kind not in (PlanKind.UPGRADE, PlanKind.DOWNGRADE):
         return Applied((), stopped=False)
     run = _Run(observer, clock)
-    config = scripts.config
-    config.attributes["connection"] = connection
-    environment = _environment(
+    env = EnvRun(
         scripts,
-        fn=_work(scripts, plan, destination, run),
-        destination_rev=destination,
-        version_table=version_table,
-        version_table_schema=version_table_schema,
+        database,
+        connection,
+        version_table,
+        version_table_schema,
+        adopt=adopt,
         on_version_apply=run.version_applied,
     )
+    run.env = env
+    environment = env.environment(
+        fn=_work(scripts, plan, destination, run), destination_rev=destination
+    )
     try:
-        with environment, logs.preserved():
-            scripts.directory.run_env()
+        run_env(env, environment)
     except (SchemadError, KeyboardInterrupt):
         raise
     except BaseException as exc:  # a revision's own code may raise anything, sys.exit() too
         in_revision = run.current is not None
         raise _failure(run, exc, explain(exc, in_revision) if explain else None) from exc
     finally:
-        config.attributes.pop("connection", None)
         if connection.in_transaction():
             connection.rollback()
+    env.layout()  # env.py migrated schemad's database (or it says which it did)
+    run.env_committed()
     return Applied(tuple(run.applied), stopped=run.stopped)
 
 
@@ -209,6 +244,7 @@ def render_sql(
     destination: str,
     out: TextIO,
     *,
+    database: Database,
     version_table: str,
     version_table_schema: str | None,
 ) -> None:
@@ -230,18 +266,15 @@ def render_sql(
         )
     config = scripts.config
     previous, config.output_buffer = config.output_buffer, out
-    environment = _environment(
-        scripts,
+    env = EnvRun(scripts, database, None, version_table, version_table_schema)
+    environment = env.environment(
         fn=_work(scripts, plan, destination, _Run(_Rendering(), time.monotonic)),
         as_sql=True,
         starting_rev=plan.current[0] if plan.current else None,
         destination_rev=destination,
-        version_table=version_table,
-        version_table_schema=version_table_schema,
     )
     try:
-        with environment, logs.preserved():
-            scripts.directory.run_env()
+        run_env(env, environment)
     except (SchemadError, KeyboardInterrupt):
         raise
     except BaseException as exc:
@@ -254,15 +287,17 @@ def render_sql(
 
 def _work(
     scripts: Scripts, plan: Plan, destination: str, run: _Run
-) -> Callable[[Any, Any], Iterator[MigrationStep]]:
+) -> Callable[[Any, Any], Iterable[MigrationStep]]:
     directory = scripts.directory
     planned = {step.revision for step in plan.steps}
 
-    def work(heads: Any, _context: Any) -> Iterator[MigrationStep]:
+    def work(heads: Any, context: Any) -> Iterable[MigrationStep]:
         if plan.kind is PlanKind.UPGRADE:
             steps = directory._upgrade_revs(destination, heads)
         else:
             steps = directory._downgrade_revs(destination, heads)
+        if not run._primary(context):
+            return list(steps)  # another database: what it needs, as Alembic says
         actual = {_revision_of(step) for step in steps}
         if actual != planned:
             raise MigrationFailedError(
@@ -274,47 +309,6 @@ def _work(
         return run.timed(steps)
 
     return work
-
-
-def _environment(
-    scripts: Scripts,
-    *,
-    version_table: str,
-    version_table_schema: str | None,
-    on_version_apply: Callable[..., None] | None = None,
-    **kwargs: Any,
-) -> EnvironmentContext:
-    """Alembic's EnvironmentContext with schemad's per-revision guarantees.
-
-    The instance's ``configure`` is wrapped rather than subclassed: Alembic's
-    ``alembic.context`` proxy is registered per class, and it copies the
-    instance's attributes, so env.py's ``context.configure()`` reaches this.
-    """
-    environment = EnvironmentContext(scripts.config, scripts.directory, **kwargs)
-    configure = environment.configure
-    expected = (version_table, version_table_schema)
-
-    def schemad_configure(*args: Any, **options: Any) -> None:
-        table = options.setdefault("version_table", version_table)
-        schema = options.setdefault("version_table_schema", version_table_schema)
-        if (table, schema) != expected:
-            raise ConfigError(
-                f"env.py uses the version table {_qualified(table, schema)} but schemad "
-                f"reads {_qualified(*expected)}; set SCHEMAD_VERSION_TABLE (and "
-                "SCHEMAD_VERSION_TABLE_SCHEMA) to match",
-                variable="SCHEMAD_VERSION_TABLE",
-            )
-        options["transaction_per_migration"] = True
-        if on_version_apply is not None:
-            # After env.py's own callbacks, if it has any.
-            options["on_version_apply"] = (
-                *_as_tuple(options.get("on_version_apply")),
-                on_version_apply,
-            )
-        configure(*args, **options)
-
-    environment.configure = schemad_configure  # type: ignore[method-assign]
-    return environment
 
 
 def _failure(run: _Run, exc: BaseException, explanation: str | None) -> SchemadError:
@@ -348,12 +342,6 @@ def _failure(run: _Run, exc: BaseException, explanation: str | None) -> SchemadE
     )
 
 
-def _as_tuple(value: Any) -> tuple[Any, ...]:
-    if value is None:
-        return ()
-    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
-
-
 def _revision_of(step: MigrationStep) -> str:
     return str(step.revision.revision)  # type: ignore[attr-defined]
 
@@ -364,7 +352,3 @@ def _direction_of(step: MigrationStep) -> Direction:
 
 def _message_of(step: MigrationStep) -> str:
     return str(step.revision.doc or "").strip()  # type: ignore[attr-defined]
-
-
-def _qualified(table: str, schema: str | None) -> str:
-    return f"{schema}.{table}" if schema else table

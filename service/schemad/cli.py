@@ -262,8 +262,9 @@ def cmd_plan(app: App, args: argparse.Namespace) -> int:
             plan,
             app.settings.target_revision,
             app.out,
-            version_table=app.settings.version_table,
-            version_table_schema=app.settings.version_table_schema,
+            database=app.database,
+            version_table=app.database.version_table,
+            version_table_schema=app.database.version_table_schema,
         )
     elif args.json:
         _print_json(app.out, plan_document(plan))

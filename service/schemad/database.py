@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -43,16 +43,18 @@ class Database:
         self.url = url
         self.dialect = dialect_for(url)
         self.backend = self.dialect.name
-        self.version_table = version_table
-        self.version_table_schema = version_table_schema
         self.secrets = Secrets.of_url(url.password and str(url.password), url.query)
         self.connect_timeout_seconds = connect_timeout_seconds
         self._sleep = sleep
         self._clock = clock
         self.engine = create_engine(url, self.dialect, connect_timeout_seconds)
-        self._version = sa.table(
-            version_table, sa.column("version_num"), schema=version_table_schema
-        )
+        self.use_version_table(version_table, version_table_schema)
+
+    def use_version_table(self, table: str, schema: str | None) -> None:
+        """Read (and lock for) this version table from now on (where env.py keeps it)."""
+        self.version_table = table
+        self.version_table_schema = schema
+        self._version = sa.table(table, sa.column("version_num"), schema=schema)
 
     @property
     def masked_url(self) -> str:
@@ -312,6 +314,28 @@ class Database:
             sleep=self._sleep,
         ) as waited:
             yield waited
+
+    def adopt(self, theirs: Connection, resources: ExitStack) -> None:
+        """Driver settings schemad's engine has, on a connection env.py opened
+        (SQLite: begin a transaction before DDL); undone with ``resources``."""
+        self.dialect.adopt(theirs, resources)
+
+    def same_database(self, ours: Connection, theirs: Connection) -> bool:
+        """Whether ``theirs`` (a connection env.py opened) is on this database,
+        where ``ours`` is (see :meth:`Dialect.same_database`).
+
+        Raises:
+            DatabaseUnavailableError: the question could not be asked.
+        """
+        if theirs.dialect.name != ours.dialect.name:
+            return False
+        try:
+            return self.dialect.same_database(ours, theirs)
+        except SQLAlchemyError as exc:
+            raise DatabaseUnavailableError(
+                "cannot tell whether env.py's own connection is on "
+                f"{self.masked_url}: {self.describe(exc)}"
+            ) from exc
 
     def lock_holder(self) -> LockHolder | None:
         """Who holds the migration lock now, if anyone (for `status`).

@@ -89,8 +89,23 @@ class StatementGuard:
     ) -> None:
         self.conn = conn
         self.bound_seconds = (statement_seconds or 0.0) + connect_seconds
-        self.fired = False
+        self._fired = False
         self._current: Watchdog | None = None
+        self._followed: list[StatementGuard] = []
+
+    @property
+    def fired(self) -> bool:
+        """Whether this guard (or one it follows) cut a statement off."""
+        return self._fired or any(guard.fired for guard in self._followed)
+
+    @property
+    def can_cut(self) -> bool:
+        """Whether this driver's socket can be reached, to cut a silent statement."""
+        return socket_shutdown(self.conn) is not None
+
+    def follow(self, other: StatementGuard) -> None:
+        """Report ``other``'s cuts as this guard's (another connection of one run)."""
+        self._followed.append(other)
 
     def before(self, *_args: Any) -> None:
         # A statement that raised never reached after(): disarm its watchdog here.
@@ -104,7 +119,7 @@ class StatementGuard:
         current, self._current = self._current, None
         if current is not None:
             current.__exit__()
-            self.fired = self.fired or current.fired
+            self._fired = self._fired or current.fired
 
     def explain(self) -> str | None:
         """Why the last statement failed, when the guard cut it off."""

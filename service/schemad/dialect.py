@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import enum
 import math
+import os
+import secrets
 import sqlite3
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy.engine import URL, Engine
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Connection, Engine
 
 from schemad import engine as tuning
 from schemad.locks import FileLock, Lock, MySQLLock, PostgresLock
@@ -57,6 +62,10 @@ class Dialect:
     def tune(self, engine: Engine) -> None:
         """Driver settings SQLAlchemy has no argument for."""
 
+    def adopt(self, conn: Connection, resources: ExitStack) -> None:
+        """What :meth:`tune` does for schemad's engine, on one connection that
+        env.py opened itself; undone when ``resources`` closes."""
+
     def session_statements(self, session: Session) -> tuple[list[Statement], list[str]]:
         """The migration session's settings, and the timeouts it cannot apply."""
         unsupported = [
@@ -71,6 +80,16 @@ class Dialect:
 
     def new_lock(self, database: Database) -> Lock:
         """A lock object for ``database`` (not yet taken)."""
+        raise NotImplementedError
+
+    def same_database(self, ours: Connection, theirs: Connection) -> bool:
+        """Whether ``theirs`` is a session on the database ``ours`` is on.
+
+        Asked of the database itself, not of the URLs (a service name and an
+        IP, or two proxies, name one database differently): ``ours`` takes a
+        lock on a random key, and ``theirs`` sees it held only when both are
+        in one lock domain. Neither is left in a transaction it was not in.
+        """
         raise NotImplementedError
 
     def connect_advice(self) -> str:
@@ -179,6 +198,19 @@ class PostgresDialect(Dialect):
     def new_lock(self, database: Database) -> Lock:
         return PostgresLock(database)
 
+    def same_database(self, ours: Connection, theirs: Connection) -> bool:
+        key = {"key": secrets.randbits(62)}
+        with _statements(ours), _statements(theirs):
+            ours.execute(sa.text("SELECT pg_advisory_lock(:key)"), key)
+            try:
+                # Advisory locks belong to one database of one server.
+                free = theirs.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), key).scalar()
+                if free:
+                    theirs.execute(sa.text("SELECT pg_advisory_unlock(:key)"), key)
+            finally:
+                ours.execute(sa.text("SELECT pg_advisory_unlock(:key)"), key)
+        return not free
+
     def fault(self, exc: BaseException) -> Fault | None:
         sqlstate, _errno = _driver_error(exc)
         return _POSTGRES_FAULTS.get(sqlstate or "")
@@ -231,6 +263,21 @@ class MySQLDialect(Dialect):
     def new_lock(self, database: Database) -> Lock:
         return MySQLLock(database)
 
+    def same_database(self, ours: Connection, theirs: Connection) -> bool:
+        name = {"name": f"schemad:probe:{secrets.token_hex(8)}"}
+        with _statements(ours), _statements(theirs):
+            got, our_id, our_database = ours.execute(
+                sa.text("SELECT GET_LOCK(:name, 0), CONNECTION_ID(), DATABASE()"), name
+            ).one()
+            try:
+                # Lock names are server-wide: the holder's id says "same server".
+                holder, their_database = theirs.execute(
+                    sa.text("SELECT IS_USED_LOCK(:name), DATABASE()"), name
+                ).one()
+            finally:
+                ours.execute(sa.text("SELECT RELEASE_LOCK(:name)"), name)
+        return bool(got) and holder == our_id and their_database == our_database
+
     def fault(self, exc: BaseException) -> Fault | None:
         _sqlstate, errno = _driver_error(exc)
         return _MYSQL_FAULTS.get(errno) if isinstance(errno, int) else None
@@ -246,8 +293,16 @@ class SQLiteDialect(Dialect):
     def tune(self, engine: Engine) -> None:
         tuning.make_sqlite_ddl_transactional(engine)
 
+    def adopt(self, conn: Connection, resources: ExitStack) -> None:
+        tuning.make_sqlite_connection_ddl_transactional(conn, resources)
+
     def new_lock(self, database: Database) -> Lock:
         return FileLock(database)
+
+    def same_database(self, ours: Connection, theirs: Connection) -> bool:
+        with _statements(ours), _statements(theirs):
+            mine, their_file = _sqlite_file(ours), _sqlite_file(theirs)
+        return bool(mine) and os.path.realpath(mine) == os.path.realpath(their_file)
 
     def connect_advice(self) -> str:
         return (
@@ -262,6 +317,25 @@ class SQLiteDialect(Dialect):
         if "readonly database" in str(orig):  # Pythons whose sqlite3 has no error codes
             return Fault.READ_ONLY
         return None
+
+
+@contextmanager
+def _statements(conn: Connection) -> Iterator[None]:
+    """Run a few statements on ``conn`` and leave it as it was: a transaction
+    it was not in is rolled back (Alembic must find the connection clean)."""
+    was_in_transaction = conn.in_transaction()
+    try:
+        yield
+    finally:
+        if not was_in_transaction and conn.in_transaction():
+            conn.rollback()
+
+
+def _sqlite_file(conn: Connection) -> str:
+    for _seq, name, path in conn.exec_driver_sql("PRAGMA database_list").all():
+        if name == "main":
+            return str(path or "")
+    return ""
 
 
 _POSTGRES_FAULTS = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from contextlib import ExitStack, suppress
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -146,3 +147,22 @@ def make_sqlite_ddl_transactional(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN")
+
+
+def make_sqlite_connection_ddl_transactional(conn: Connection, resources: ExitStack) -> None:
+    """The same for one connection of an engine env.py built: its driver is
+    put in autocommit mode and each transaction begins with ``BEGIN``."""
+    raw = conn.connection.dbapi_connection
+    previous = getattr(raw, "isolation_level", None)
+    raw.isolation_level = None  # type: ignore[union-attr]
+
+    def begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+    def restore() -> None:
+        event.remove(conn, "begin", begin)
+        with suppress(Exception):  # env.py may have closed it already
+            raw.isolation_level = previous  # type: ignore[union-attr]
+
+    event.listen(conn, "begin", begin)
+    resources.callback(restore)

@@ -125,7 +125,12 @@ class History:
         self.database = database
         self.identity = identity
         self.hostname = socket.gethostname()
-        self.table = history_table(table, schema, sa.MetaData())
+        self._name = table
+        self.use_schema(schema)
+
+    def use_schema(self, schema: str | None) -> None:
+        """Keep the table in this schema from now on (the version table's)."""
+        self.table = history_table(self._name, schema, sa.MetaData())
         # Built once, so that SQLAlchemy's compiled-statement cache serves
         # every revision's write.
         self._insert = self.table.insert()

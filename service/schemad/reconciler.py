@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Protocol, cast
@@ -35,6 +35,7 @@ from schemad.database import Database
 from schemad.deadline import StatementGuard
 from schemad.dialect import Fault
 from schemad.drift import DriftChecker, DriftReport
+from schemad.environment import Adopter, Layout, probe
 from schemad.errors import (
     ConfigError,
     DatabaseUnavailableError,
@@ -113,6 +114,18 @@ class DatabaseLike(Protocol):
 
     def fault(self, exc: BaseException | None) -> Fault | None: ...
 
+    def same_database(self, ours: Connection, theirs: Connection) -> bool: ...
+
+    def adopt(self, theirs: Connection, resources: ExitStack) -> None: ...
+
+    @property
+    def version_table(self) -> str: ...
+
+    @property
+    def version_table_schema(self) -> str | None: ...
+
+    def use_version_table(self, table: str, schema: str | None) -> None: ...
+
     def redact(self, text: str) -> str: ...
 
 
@@ -187,6 +200,7 @@ class Reconciler:
         wall_clock: Callable[[], float] = time.time,
         load: Callable[[], Scripts] | None = None,
         apply: ApplyFn = apply_plan,
+        probe: Callable[[Scripts], Layout] | None = None,
     ) -> None:
         self.settings = settings
         self.database = database
@@ -201,6 +215,9 @@ class Reconciler:
         self._wall_clock = wall_clock
         self._load = load or partial(load_scripts, config)
         self._apply = apply
+        self._probe = probe or self._probe_env_py
+        self._layout: tuple[Scripts, Layout] | None = None
+        self._adoption_logged = False
         self._should_stop: Callable[[], bool] | None = None
         self._on_lock_wait: WaitCallback | None = None
         self._scripts: Scripts | None = None
@@ -249,6 +266,37 @@ class Reconciler:
         self._scripts = loaded
         return loaded
 
+    def ready_scripts(self) -> Scripts:
+        """The scripts, with where env.py keeps the version table known.
+
+        env.py is run once per load of the scripts, as ``alembic current``
+        would run it (nothing written), before anything is read or locked.
+
+        Raises:
+            ScriptError: the scripts cannot be loaded, or env.py fails.
+            ConfigError: env.py disagrees with an explicit version-table
+                setting, or migrates another database.
+            DatabaseUnavailableError: the database cannot be reached.
+        """
+        scripts = self.scripts()
+        if self._layout is None or self._layout[0] is not scripts:
+            layout = self._probe(scripts)
+            self.database.use_version_table(layout.version_table, layout.version_table_schema)
+            if self.history is not None:
+                self.history.use_schema(layout.version_table_schema)
+            self._layout = (scripts, layout)
+        return scripts
+
+    def _probe_env_py(self, scripts: Scripts) -> Layout:
+        explicit = bool({"version_table", "version_table_schema"} & self.settings.model_fields_set)
+        return probe(
+            scripts,
+            cast(Database, self.database),
+            version_table=self.settings.version_table,
+            version_table_schema=self.settings.version_table_schema,
+            explicit=explicit,
+        )
+
     def inspect(self, *, locked: bool = False) -> Inspection:
         """Read the version table (and history) and plan, changing nothing.
 
@@ -261,7 +309,7 @@ class Reconciler:
         Raises:
             ScriptError, DatabaseUnavailableError: as their names say.
         """
-        return self._inspect(self.scripts(), self._looks, locked=locked)
+        return self._inspect(self.ready_scripts(), self._looks, locked=locked)
 
     def inspect_as_a_pass_would(self) -> Inspection:
         """The inspection a pass would make, for read-only commands.
@@ -369,7 +417,7 @@ class Reconciler:
             DriftPermissionError: no privilege to create a scratch database.
             ScriptError, DatabaseUnavailableError, MigrationFailedError: as named.
         """
-        scripts = self.scripts()
+        scripts = self.ready_scripts()
         state = self.database.read_state()
         unknown = [head for head in state.heads if head not in scripts.graph.revisions]
         if unknown:
@@ -379,7 +427,7 @@ class Reconciler:
                 "image that contains it",
                 reason=RefusalReason.UNKNOWN_REVISION.value,
             )
-        exclude = {self.settings.version_table, self.settings.history_table}
+        exclude = {self.database.version_table, self.settings.history_table}
         # Drift reflects schemas through the engine: only a real Database has one.
         database = cast(Database, self.database)
         report = DriftChecker(database, exclude=exclude).check(scripts, state.heads)
@@ -418,7 +466,7 @@ class Reconciler:
 
     def _run(self, run: _Pass) -> Outcome:
         # One set of scripts for the whole pass, however the files change meanwhile.
-        scripts = self.scripts()
+        scripts = self.ready_scripts()
         run.journal = self._journal(run.run_id, scripts)
         return self._look_then_lock(scripts, run)
 
@@ -533,11 +581,50 @@ class Reconciler:
             connection,
             plan,
             self.settings.target_revision,
-            version_table=self.settings.version_table,
-            version_table_schema=self.settings.version_table_schema,
+            database=self.database,
+            version_table=self.database.version_table,
+            version_table_schema=self.database.version_table_schema,
             observer=observer,
+            adopt=self._adopter(watchdogs),
             explain=explain,
             clock=self._clock,
+        )
+
+    def _adopter(self, guard: StatementGuard) -> Adopter:
+        """Put the migration session's settings on a connection env.py opened
+        itself on this database, as on schemad's own."""
+
+        def adopt(theirs: Connection, resources: ExitStack) -> None:
+            database = self.database
+            if not theirs.in_transaction():
+                database.apply_session_timeouts(
+                    theirs,
+                    lock_timeout_seconds=self.settings.ddl_lock_timeout_seconds,
+                    statement_timeout_seconds=self.settings.statement_timeout_seconds,
+                    async_commit=self.settings.async_commit,
+                )
+            theirs_guard = resources.enter_context(
+                database.statement_guard(theirs, self.settings.statement_timeout_seconds)
+            )
+            guard.follow(theirs_guard)
+            database.adopt(theirs, resources)
+            self._log_adoption(theirs, theirs_guard)
+
+        return adopt
+
+    def _log_adoption(self, theirs: Connection, guard: StatementGuard) -> None:
+        if self._adoption_logged:
+            return
+        self._adoption_logged = True
+        lost = ["SCHEMAD_CONNECT_TIMEOUT_SECONDS and TCP keepalives (env.py opens the connection)"]
+        if self.settings.statement_timeout_seconds is not None and not guard.can_cut:
+            lost.append("the client-side statement deadline (this driver's socket is hidden)")
+        self._log.info(
+            "env_connection_adopted",
+            driver=theirs.dialect.driver,
+            detail="env.py opens its own connection to this database; schemad gives it "
+            "its session settings and one transaction per revision",
+            not_applied=lost,
         )
 
     def _reclassified(self, exc: MigrationFailedError) -> SchemadError:
@@ -548,7 +635,7 @@ class Reconciler:
         writes cannot be migrated by any revision.
         """
         fault = self.database.fault(exc.__cause__)
-        schema = self.settings.version_table_schema
+        schema = self.database.version_table_schema
         if fault is Fault.MISSING_SCHEMA and exc.revision is None and schema:
             return ConfigError(
                 f"SCHEMAD_VERSION_TABLE_SCHEMA={schema}: the schema does not exist, so the "

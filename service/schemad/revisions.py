@@ -94,6 +94,9 @@ def load_scripts(config: Config) -> Scripts:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
+            # Alembic's deprecation notices (an ini without path_separator) are
+            # not problems with the scripts: plain alembic only prints them.
+            warnings.simplefilter("ignore", DeprecationWarning)
             directory = ScriptDirectory.from_config(config)
             _require_env_py(directory)
             graph, checksums = _graph(directory)

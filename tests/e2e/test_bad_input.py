@@ -151,7 +151,7 @@ def env_py_other_version_table(ctx: Context) -> dict[str, str]:
         "context.configure(connection=connection, target_metadata=target_metadata, "
         'version_table="other_version")',
     )
-    return ctx.settings(project)
+    return ctx.settings(project, version_table="alembic_version")
 
 
 def missing_migrations_dir(ctx: Context) -> dict[str, str]:

@@ -100,11 +100,12 @@ def test_percent_encoded_password_reaches_env_py_intact(
 def test_env_py_with_another_version_table_is_a_config_error(
     db_url: str, tmp_path: Path, make_app: MakeApp
 ) -> None:
-    """env.py naming a version table other than SCHEMAD_VERSION_TABLE stops the pass, untouched."""
+    """env.py naming a version table other than an explicit SCHEMAD_VERSION_TABLE stops
+    the pass before anything is touched: no table, no history, no lock."""
     project = tmp_path / "migrations"
     tables_project(project, 2)
     write_env(project, OTHER_VERSION_TABLE_ENV)
-    app = make_app(db_url, project)
+    app = make_app(db_url, project, version_table="alembic_version")
 
     with pytest.raises(ConfigError) as raised:
         app.reconciler.reconcile_once()
@@ -112,9 +113,30 @@ def test_env_py_with_another_version_table_is_a_config_error(
     assert raised.value.variable == "SCHEMAD_VERSION_TABLE"
     assert "other_versions" in raised.value.message
     assert "alembic_version" in raised.value.message
-    assert set() == table_names(db_url) - {"alembic_version", "schemad_history"}
-    assert (version_rows(db_url), version_rows(db_url, "other_versions")) == ([], [])
+    assert set() == table_names(db_url)
     assert app.database.lock_holder() is None
+
+
+def test_a_version_table_set_only_in_env_py_is_followed_by_every_command(
+    db_url: str, tmp_path: Path, make_app: MakeApp
+) -> None:
+    """Without SCHEMAD_VERSION_TABLE, status reads (and upgrade writes) the table env.py names."""
+    project = tmp_path / "migrations"
+    tables_project(project, 2)
+    write_env(project, OTHER_VERSION_TABLE_ENV)
+
+    before = make_app(db_url, project).reconciler.inspect()
+    result = make_app(db_url, project).reconciler.reconcile_once()
+    after = make_app(db_url, project).reconciler.inspect()
+
+    expected = ((), Outcome.APPLIED, ("r0002",), ["r0002"], [])
+    assert expected == (
+        before.state.heads,
+        result.outcome,
+        after.state.heads,
+        version_rows(db_url, "other_versions"),
+        version_rows(db_url),
+    )
 
 
 def test_env_py_and_settings_agreeing_on_a_custom_version_table(

@@ -18,6 +18,7 @@ from structlog.testing import capture_logs
 
 from schemad.applier import Applied, StepObserver
 from schemad.dialect import Fault
+from schemad.environment import Layout
 from schemad.errors import (
     ConfigError,
     DatabaseUnavailableError,
@@ -91,6 +92,8 @@ class FakeDatabase:
     """Answers read_state() from a list of heads in turn (the last one repeats)."""
 
     transactional_ddl = True
+    version_table = "alembic_version"
+    version_table_schema: str | None = None
 
     def __init__(self, *heads: tuple[str, ...] | Exception, lock_error: Exception | None = None):
         self.heads = list(heads)
@@ -141,6 +144,9 @@ class FakeDatabase:
     def fault(self, exc: BaseException | None) -> Fault | None:
         return None
 
+    def use_version_table(self, table: str, schema: str | None) -> None:
+        self.version_table, self.version_table_schema = table, schema
+
     def redact(self, text: str) -> str:
         return text.replace(PASSWORD, "***")
 
@@ -190,6 +196,7 @@ def reconciler(
         Config(),
         load=lambda: scripts,
         apply=apply or FakeApply(),
+        probe=lambda _scripts: Layout("alembic_version", None),
         clock=iter(range(1000)).__next__,
         wall_clock=lambda: 1_700_000_000.0,
     )
