@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,6 +25,7 @@ from schemad.errors import ConfigError
 PREFIX = "SCHEMAD_"
 SUPPORTED_BACKENDS = ("postgresql", "mysql", "mariadb", "sqlite")
 _SECRET_FIELDS = frozenset({"database_url"})
+_SECRET_VARIABLES = ("DATABASE_URL",)
 _QUERY_PASSWORD_KEYS = ("passwd", "password")
 # Alembic reads any target ending in +N/-N as relative (ids cannot hold + or -).
 _RELATIVE_TARGET = re.compile(r"(^|@)\w*[+-]\d+$")
@@ -112,6 +114,9 @@ class Settings(BaseSettings):
     """`schemad run`: port of /metrics, /healthz, /readyz and /status (0: any free port)."""
     shutdown_grace_seconds: Seconds = 30.0
     """`schemad run`: on SIGTERM, how long a running revision may take to finish."""
+    termination_message_path: Path | None = None
+    """One-shot commands: where to write their one-line summary for Kubernetes;
+    unset: /dev/termination-log when it exists and is writable."""
 
     @field_validator("target_revision")
     @classmethod
@@ -265,6 +270,46 @@ def load_identity() -> IdentitySettings:
         return IdentitySettings()
     except ValidationError:  # only optional strings: cannot really fail
         return IdentitySettings.model_construct()
+
+
+class _TerminationSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX, case_sensitive=False, extra="ignore", env_ignore_empty=True
+    )
+
+    termination_message_path: Path | None = None
+
+
+def load_termination_message_path() -> Path | None:
+    """SCHEMAD_TERMINATION_MESSAGE_PATH alone, for a command whose other settings are invalid."""
+    try:
+        return _TerminationSettings().termination_message_path
+    except ValidationError:
+        return None
+
+
+def secrets_in_environment() -> list[str]:
+    """The secret values the environment holds (the database URL and its
+    password), for masking when the settings themselves are invalid."""
+    values: list[str] = []
+    for key, value in os.environ.items():
+        name = key.upper().removeprefix(PREFIX)
+        if not key.upper().startswith(PREFIX) or name not in _SECRET_VARIABLES or not value:
+            continue
+        values.append(value)
+        password = _password_of(value)
+        if password:
+            values.extend([password, unquote(password)])
+    return values
+
+
+def _password_of(raw: str) -> str | None:
+    try:
+        password = make_url(raw.strip()).password
+    except (ArgumentError, ValueError):
+        match = re.search(r"://[^/@:]*:(.*)@", raw)
+        return match.group(1) if match else None
+    return str(password) if password else None
 
 
 def load_settings() -> Settings:

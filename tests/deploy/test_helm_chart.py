@@ -369,6 +369,42 @@ def test_changing_the_url_rolls_the_pods(chart: Any) -> None:
     assert checksum(URL) != checksum(URL.replace("s3cret", "rotated"))
 
 
+# -- the termination message ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", ["job", "deployment", "deployment-full"])
+def test_containers_fall_back_to_logs_on_error(chart: Any, scenario: str) -> None:
+    """Job and Deployment containers show the log's tail when no message was written."""
+    spec = pod_spec(workload(render(chart, scenario_values(scenario))))
+    policies = [c["terminationMessagePolicy"] for c in containers(spec)]
+    assert policies == ["FallbackToLogsOnError"] * len(policies)
+
+
+def test_a_changed_termination_path_moves_the_container_too(chart: Any) -> None:
+    """config.terminationMessagePath sets both the setting and the container's path."""
+    container = pod_spec(one(render(chart, scenario_values("deployment-full")), "Deployment"))[
+        "containers"
+    ][0]
+    path = "/var/run/schemad/termination-log"
+    expected = (path, path)
+    actual = (
+        literal_env(container)["SCHEMAD_TERMINATION_MESSAGE_PATH"],
+        container["terminationMessagePath"],
+    )
+    assert expected == actual
+
+
+def test_the_default_termination_path_is_kubernetes_own(chart: Any) -> None:
+    """Unset, neither the setting nor the container's path is rendered (both default)."""
+    container = pod_spec(one(render(chart, scenario_values("job")), "Job"))["containers"][0]
+    expected = (False, False)
+    actual = (
+        "SCHEMAD_TERMINATION_MESSAGE_PATH" in setting_env_names(container),
+        "terminationMessagePath" in container,
+    )
+    assert expected == actual
+
+
 # -- values that must fail, readably ---------------------------------------------------
 
 
@@ -434,6 +470,10 @@ def test_conflicting_values_fail_with_a_clear_message(
             "at '/prometheusRule/disabledAlerts/0'",
         ),
         ({"replicas": 2}, "additional properties 'replicas' not allowed"),
+        (
+            {"config": {"terminationMessagePath": "termination-log"}},
+            "at '/config/terminationMessagePath'",
+        ),
     ],
 )
 def test_bad_values_are_rejected_by_the_schema(
@@ -667,6 +707,15 @@ def test_sidecar_has_no_readiness_probe_unless_asked(app_chart: Any) -> None:
     spec = pod_spec(_web(render(app_chart, {"sidecar": True})))
     sidecar = next(c for c in spec["containers"] if c["name"] == "schemad")
     assert "readinessProbe" not in sidecar
+
+
+def test_named_templates_fall_back_to_logs_on_error(app_chart: Any) -> None:
+    """The init container and the sidecar templates set FallbackToLogsOnError too."""
+    spec = pod_spec(_web(render(app_chart, {"sidecar": True})))
+    init = spec["initContainers"][0]
+    sidecar = next(c for c in spec["containers"] if c["name"] == "schemad")
+    policies = (init["terminationMessagePolicy"], sidecar["terminationMessagePolicy"])
+    assert policies == ("FallbackToLogsOnError", "FallbackToLogsOnError")
 
 
 def test_init_container_template_refuses_the_jobs_short_lived_secret(

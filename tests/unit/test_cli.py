@@ -619,3 +619,38 @@ def real_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
     root.handlers = saved[0]
     root.setLevel(saved[1])
     logging.getLogger("sqlalchemy.engine").setLevel(saved[2])
+
+
+def test_health_leaves_no_termination_message(
+    configure: Callable[..., None], tmp_path: Path
+) -> None:
+    """`health` is a probe, not a command with an outcome: it writes no termination line."""
+    message = tmp_path / "termination-log"
+    configure(termination_message_path=str(message), http_port="1")
+    assert (run("health")[0], message.exists()) == (1, False)
+
+
+def test_a_crash_leaves_no_termination_message(
+    configure: Callable[..., None], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A bug's traceback is left for Kubernetes to take from the log (FallbackToLogsOnError)."""
+    message = tmp_path / "termination-log"
+    configure(termination_message_path=str(message))
+
+    def broken(_app: cli.App, _args: Any) -> int:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(cli.COMMANDS, "upgrade", broken)
+    with pytest.raises(RuntimeError):
+        run("upgrade")
+    assert message.exists() is False
+
+
+def test_upgrade_leaves_its_outcome_in_the_termination_message(
+    configure: Callable[..., None], tmp_path: Path
+) -> None:
+    """In process too, `upgrade` writes its one line where the setting says."""
+    message = tmp_path / "termination-log"
+    configure(termination_message_path=str(message))
+    run("upgrade")
+    assert message.read_text() == "applied: 3 revision(s), database at r0003 (target head)"

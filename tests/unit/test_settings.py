@@ -9,7 +9,15 @@ import pytest
 
 from schemad.cli import exit_code
 from schemad.errors import ConfigError
-from schemad.settings import Settings, load_settings, parse_url, setting_names, unknown_variables
+from schemad.settings import (
+    Settings,
+    load_settings,
+    load_termination_message_path,
+    parse_url,
+    secrets_in_environment,
+    setting_names,
+    unknown_variables,
+)
 
 PASSWORD = "S3cr3t-Pa55"
 PG_URL = f"postgresql+psycopg://app:{PASSWORD}@db.example:5432/app"
@@ -537,3 +545,24 @@ def test_kubernetes_service_links_are_not_reported(
     """Variables Kubernetes injects for a Service named schemad are not typos."""
     monkeypatch.setenv(variable, "tcp://10.0.0.1:8080")
     assert unknown_variables() == []
+
+
+# -- the termination message ------------------------------------------------------------------
+
+
+def test_termination_path_survives_other_bad_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The termination path is still known when another setting is invalid."""
+    monkeypatch.setenv("SCHEMAD_LOCK_WAIT_SECONDS", "soon")
+    monkeypatch.setenv("SCHEMAD_TERMINATION_MESSAGE_PATH", str(tmp_path / "log"))
+    assert load_termination_message_path() == tmp_path / "log"
+
+
+def test_secrets_in_environment_hold_the_url_and_its_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """For masking without valid settings: the database URL and its password."""
+    monkeypatch.setenv("SCHEMAD_DATABASE_URL", "postgresql+psycopg://app:p%21w@db/app")
+    found = set(secrets_in_environment())
+    assert {"postgresql+psycopg://app:p%21w@db/app", "p!w"} <= found

@@ -219,6 +219,12 @@ subcommand), name, and probes ("daemon": liveness, readiness and startup;
 name: {{ .name }}
 image: {{ include "schemad.image" $ctx }}
 imagePullPolicy: {{ $values.image.pullPolicy }}
+{{- /* One-shot commands leave a one-line summary there; a crash leaves
+nothing, and Kubernetes then shows the log's tail instead. */}}
+terminationMessagePolicy: FallbackToLogsOnError
+{{- with $values.config.terminationMessagePath }}
+terminationMessagePath: {{ . }}
+{{- end }}
 args:
   {{- toYaml .args | nindent 2 }}
 env:
