@@ -50,6 +50,7 @@ from schemad.settings import (
     secrets_in_environment,
     unknown_variables,
 )
+from schemad.webhook import Notifier
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -103,6 +104,7 @@ class App:
     database: Database
     reconciler: Reconciler
     out: TextIO
+    notifier: Notifier = field(default_factory=lambda: Notifier(None))
     summary: Summary | None = None
     """How the command ended so far, for its termination message."""
 
@@ -120,21 +122,26 @@ class App:
             alembic_config=settings.alembic_config,
             script_location=settings.script_location,
         )
+        identity = load_identity()
         history = (
             History(
                 database,
                 table=settings.history_table,
                 schema=settings.version_table_schema,
-                identity=load_identity(),
+                identity=identity,
             )
             if settings.history_enabled
             else None
         )
         reconciler = Reconciler(settings, database, config, history=history)
-        return cls(settings, database, reconciler, out)
+        notifier = Notifier.build(
+            settings, database=database.masked_url, identity=identity, secrets=database.secrets
+        )
+        return cls(settings, database, reconciler, out, notifier)
 
     def close(self) -> None:
-        """Let the database go."""
+        """Wait (bounded) for webhook deliveries, then let the database go."""
+        self.notifier.close()
         self.database.dispose()
 
 
@@ -298,6 +305,7 @@ def exit_code(ended: Result | SchemadError) -> int:
 def cmd_upgrade(app: App, _args: argparse.Namespace) -> int:
     result = app.reconciler.reconcile_once()
     app.summary = summary_of_result(result)
+    app.notifier.pass_finished(result)
     return exit_code(result)
 
 
@@ -391,7 +399,11 @@ def cmd_run(app: App, _args: argparse.Namespace) -> int:
     disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
     daemon = Daemon(
-        settings, app.reconciler, Metrics(registry), database_url=app.database.masked_url
+        settings,
+        app.reconciler,
+        Metrics(registry),
+        database_url=app.database.masked_url,
+        notifier=app.notifier,
     )
     server = HttpServer(settings.http_host, settings.http_port, registry, daemon)
     daemon.install_signal_handlers()
@@ -471,6 +483,7 @@ def cmd_drift(app: App, args: argparse.Namespace) -> int:
     report = app.reconciler.check_drift()
     differences = [difference.describe() for difference in report.differences]
     app.summary = drift_summary(report.revisions, differences)
+    app.notifier.drift_checked(report.revisions, differences)
     if args.json:
         _print_json(app.out, report.as_dict())
     elif not report.drifted:
@@ -581,4 +594,6 @@ def _secrets(settings: Settings) -> Secrets:
     with contextlib.suppress(ConfigError):
         url = settings.url()
         secrets |= Secrets.of_url(url.password and str(url.password), url.query)
+    with contextlib.suppress(ConfigError):
+        secrets |= Secrets.of_webhook(settings.webhook())
     return secrets

@@ -1,26 +1,36 @@
 """Lifecycle signals from real ``schemad`` processes: the termination message
-each one-shot command leaves for Kubernetes.
+each one-shot command leaves for Kubernetes, and the webhook events posted to
+a receiver on loopback.
 
 The database URL carries a password with ``!@:/%`` (URL-quoted); neither
-its raw nor any quoted form may reach the termination message or the logs.
+its raw nor any quoted form may reach the termination message, the logs or
+an event.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import pytest
+import sqlalchemy as sa
+from jsonschema import Draft202012Validator
 from sqlalchemy.engine import make_url
 
 from schemad.database import Database
+from support.daemon import DaemonProcess, daemon_env
 from support.databases import stamp
 from support.processes import clean_env, events
+from support.receiver import TOKEN, closed_port, event_schema, receiving
 from support.scripts import linear_project, write_revision
 
 pytestmark = pytest.mark.e2e
@@ -35,6 +45,8 @@ SECRET_FORMS = {
 }
 CLOSED = f"postgresql+psycopg://app:{quote(PASSWORD, safe='')}@127.0.0.1:1/app"
 TIMEOUT_SECONDS = 60
+# Generous for a loaded 2-core machine; every wait returns as soon as it is met.
+WAIT_SECONDS = 30.0
 
 
 @dataclass
@@ -280,3 +292,180 @@ def test_an_unwritable_path_is_a_warning_not_a_failure(sqlite_url: str, tmp_path
         "warning",
         "No such file or directory",
     )
+
+
+# -- webhooks from one-shot commands ------------------------------------------------------------
+
+
+def validate(document: dict[str, object]) -> list[str]:
+    validator = Draft202012Validator(
+        event_schema(), format_checker=Draft202012Validator.FORMAT_CHECKER
+    )
+    return [error.message for error in validator.iter_errors(document)]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    path = tmp_path / "migrations"
+    linear_project(path, 3)
+    return path
+
+
+@pytest.mark.postgres
+def test_upgrade_posts_applied(postgres_url: str, project: Path, tmp_path: Path) -> None:
+    """`upgrade` posts one applied event that fits the schema; the URL is never logged."""
+    url = make_url(postgres_url).set(password=PASSWORD).render_as_string(hide_password=False)
+    with receiving() as receiver:
+        env = clean_env(
+            database_url=url,
+            script_location=str(project),
+            webhook_url=receiver.url,
+            log_level="debug",
+        )
+        env.update(POD_NAME="app-schema-upgrade-x7k2p", POD_NAMESPACE="apps")
+        done = python_m_schemad("upgrade", env, tmp_path)
+        [request] = receiver.wait_for(1, WAIT_SECONDS)
+    document = request.document
+    expected = {
+        "exit_code": 0,
+        "event": "applied",
+        "applied": ["r0001", "r0002", "r0003"],
+        "identity_pod": "app-schema-upgrade-x7k2p",
+        "schema_errors": [],
+        "delivered_logged": 1,
+        "url_in_logs": False,
+        "password": [],
+    }
+    actual = {
+        "exit_code": done.returncode,
+        "event": document["event"],
+        "applied": [step["revision"] for step in document["applied"]],
+        "identity_pod": document["identity"]["pod"],
+        "schema_errors": validate(document),
+        "delivered_logged": len(events(done.stderr, "webhook_delivered")),
+        "url_in_logs": TOKEN in done.stderr or receiver.url in done.stderr,
+        "password": leaked(json.dumps(document), done.stderr),
+    }
+    assert expected == actual
+
+
+def test_a_refusing_receiver_leaves_the_exit_code_alone(project: Path, tmp_path: Path) -> None:
+    """A failing upgrade with a receiver that refuses: exit 70, webhook_failed, no URL."""
+    write_revision(project, "r0004", "r0003", upgrade="raise RuntimeError('boom')")
+    refused = f"http://127.0.0.1:{closed_port()}/services/T000/B000/{TOKEN}"
+    env = clean_env(
+        database_url=f"sqlite:///{tmp_path / 'app.db'}",
+        script_location=str(project),
+        webhook_url=refused,
+        webhook_timeout_seconds="1",
+    )
+    done = python_m_schemad("upgrade", env, tmp_path)
+    failed = events(done.stderr, "webhook_failed")
+    expected = (70, [("failed", 3)], False)
+    actual = (
+        done.returncode,
+        [(e["webhook_event"], e["attempts"]) for e in failed],
+        TOKEN in done.stderr,
+    )
+    assert expected == actual
+
+
+def test_a_slow_receiver_holds_the_command_no_longer_than_the_bound(
+    project: Path, tmp_path: Path
+) -> None:
+    """A receiver that would answer after 60 s: `upgrade` exits 0 within 1 s x 3 + 1.5 s."""
+    message = tmp_path / "termination-log"
+    with receiving(delay_seconds=60) as receiver:
+        env = clean_env(
+            database_url=f"sqlite:///{tmp_path / 'app.db'}",
+            script_location=str(project),
+            webhook_url=receiver.url,
+            webhook_timeout_seconds="1",
+            termination_message_path=str(message),
+        )
+        started = time.monotonic()
+        done = python_m_schemad("upgrade", env, tmp_path)
+        took = time.monotonic() - started
+    # 4.5 s of delivery bound plus a start-up that takes a few seconds on a busy machine.
+    expected = (0, True, "applied: 3 revision(s), database at r0003 (target head)", 3)
+    actual = (done.returncode, took < 30, message.read_text(), len(receiver.requests))
+    assert expected == actual
+
+
+def test_drift_command_posts_drift(project: Path, tmp_path: Path) -> None:
+    """`schemad drift` on a database with an extra table posts drift with the difference."""
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    base = clean_env(database_url=url, script_location=str(project))
+    assert python_m_schemad("upgrade", base, tmp_path).returncode == 0
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE extra (id INTEGER PRIMARY KEY)")
+    engine.dispose()
+    with receiving() as receiver:
+        done = python_m_schemad("drift", {**base, "SCHEMAD_WEBHOOK_URL": receiver.url}, tmp_path)
+        [request] = receiver.wait_for(1, WAIT_SECONDS)
+    document = request.document
+    expected = (4, "drift", "warning", ["extra_table extra: expected absent, found present"], [])
+    actual = (
+        done.returncode,
+        document["event"],
+        document["severity"],
+        document["differences"],
+        validate(document),
+    )
+    assert expected == actual
+
+
+# -- the daemon ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    started: list[DaemonProcess] = []
+    yield started
+    for daemon in started:
+        daemon.kill()
+
+
+def test_the_daemon_sends_a_failure_once_and_the_recovery_once(
+    daemons: list[DaemonProcess], project: Path, tmp_path: Path
+) -> None:
+    """Passes failing on r0004 send failed once; the fixed file sends applied and recovered."""
+    broken = write_revision(project, "r0004", "r0003", upgrade="raise RuntimeError('boom')")
+    with receiving() as receiver:
+        env = daemon_env(
+            f"sqlite:///{tmp_path / 'app.db'}",
+            project,
+            webhook_url=receiver.url,
+            webhook_events="applied,failed,recovered",
+        )
+        daemon = DaemonProcess(env).start()
+        daemons.append(daemon)
+        for _ in range(3):
+            mark = daemon.mark()
+            daemon.wait_for_event(
+                "reconcile_finished", timeout=WAIT_SECONDS, after=mark, outcome="failed"
+            )
+        # Replaced in one rename: the daemon notices a changed directory, and
+        # never sees it without r0004 (which would be a recovery of its own).
+        fixed = tmp_path / "r0004.py"
+        fixed.write_text(broken.read_text().replace("raise RuntimeError('boom')", "pass"))
+        os.replace(fixed, broken)
+        daemon.wait_for_event("reconcile_finished", timeout=WAIT_SECONDS, outcome="applied")
+        mark = daemon.mark()
+        daemon.wait_for_event(
+            "reconcile_finished", timeout=WAIT_SECONDS, after=mark, outcome="in_sync"
+        )
+        receiver.wait_for(3, WAIT_SECONDS)
+        daemon.send_signal(signal.SIGTERM)
+        code = daemon.wait_exit(timeout=WAIT_SECONDS)
+        received = receiver.events()
+        documents = [r.document for r in receiver.requests]
+    expected = (0, ["failed", "applied", "recovered"], [[], [], []], False)
+    actual = (
+        code,
+        received,
+        [validate(document) for document in documents],
+        TOKEN in daemon.output(),
+    )
+    assert expected == actual
