@@ -7,6 +7,7 @@ call :func:`main` and exit with what it returns.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -15,8 +16,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 from schemad import __version__, logs
@@ -29,13 +31,30 @@ from schemad.errors import (
     PlanRejectedError,
     SchemadError,
     WaitTimeoutError,
+    first_line,
 )
 from schemad.history import History
 from schemad.masking import Secrets
 from schemad.model import Inspection, LockHolder, Outcome, Plan, PlanKind, RefusalReason, Result
+from schemad.notices import (
+    Summary,
+    drift_summary,
+    ended_by_error,
+    summary_of_inspection,
+    summary_of_result,
+    termination_message,
+)
 from schemad.reconciler import Reconciler
 from schemad.revisions import make_config
-from schemad.settings import Settings, load_identity, load_settings, unknown_variables
+from schemad.settings import (
+    Settings,
+    load_identity,
+    load_settings,
+    load_termination_message_path,
+    secrets_in_environment,
+    unknown_variables,
+)
+from schemad.webhook import Notifier
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -78,6 +97,10 @@ exit codes:
       ini unreadable, URL options the driver refuses)
 """
 _TARGET_REFUSALS = (RefusalReason.UNKNOWN_TARGET, RefusalReason.MULTIPLE_HEADS)
+# One-shot commands end by leaving one line where Kubernetes reads a
+# container's termination message; `run` and `health` do not.
+TERMINATION_COMMANDS = frozenset({"upgrade", "wait", "status", "plan", "history", "drift"})
+DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
 
 
 @dataclass
@@ -88,6 +111,9 @@ class App:
     database: Database
     reconciler: Reconciler
     out: TextIO
+    notifier: Notifier = field(default_factory=lambda: Notifier(None))
+    summary: Summary | None = None
+    """How the command ended so far, for its termination message."""
 
     @classmethod
     def build(cls, settings: Settings, out: TextIO) -> App:
@@ -103,18 +129,37 @@ class App:
             alembic_config=settings.alembic_config,
             script_location=settings.script_location,
         )
+        identity = load_identity()
         history = (
             History(
                 database,
                 table=settings.history_table,
                 schema=settings.version_table_schema,
-                identity=load_identity(),
+                identity=identity,
             )
             if settings.history_enabled
             else None
         )
         reconciler = Reconciler(settings, database, config, history=history)
-        return cls(settings, database, reconciler, out)
+        notifier = Notifier.build(
+            settings, database=database.masked_url, identity=identity, secrets=database.secrets
+        )
+        return cls(settings, database, reconciler, out, notifier)
+
+    def close(self) -> None:
+        """Wait (bounded) for webhook deliveries, then let the database go."""
+        self.notifier.close()
+        self.database.dispose()
+
+
+@dataclass
+class Ending:
+    """How a command ended, and where its termination message goes."""
+
+    summary: Summary | None = None
+    secrets: Secrets = field(default_factory=Secrets)
+    path: Path | None = None
+    app: App | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,36 +237,78 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse has printed usage or --help
         return int(exc.code or 0)
+    ending = Ending()
+    try:
+        return _run(args, stdout, ending)
+    finally:
+        if args.command in TERMINATION_COMMANDS:
+            write_termination_message(ending)
+        if ending.app is not None:
+            ending.app.close()
+
+
+def _run(args: argparse.Namespace, stdout: TextIO, ending: Ending) -> int:
     log = logs.get_logger("schemad.cli")
     try:
         settings = load_settings()
     except ConfigError as exc:
-        logs.configure()
+        ending.secrets = Secrets.of(secrets_in_environment())
+        ending.path = load_termination_message_path()
+        logs.configure(secrets=ending.secrets)
         log.error("config_invalid", error=exc.message, exit_code=exit_code(exc))
+        ending.summary = ended_by_error(None, exc.outcome, exc.message)
         return exit_code(exc)
-    logs.configure(settings.log_format, settings.log_level, secrets=_secrets(settings))
+    ending.secrets, ending.path = _secrets(settings), settings.termination_message_path
+    logs.configure(settings.log_format, settings.log_level, secrets=ending.secrets)
     for warning in unknown_variables():
         log.warning("setting_unknown", detail=warning)
     if args.command == "health":
         return cmd_health(settings)
     app: App | None = None
     try:
-        app = App.build(settings, stdout)
-        return int(COMMANDS[args.command](app, args))
+        app = ending.app = App.build(settings, stdout)
+        code = int(COMMANDS[args.command](app, args))
+        ending.summary = app.summary
+        return code
     except SchemadError as exc:
         message = app.database.redact(exc.message) if app else exc.message
         event = "config_invalid" if isinstance(exc, ConfigError) else "command_failed"
         log.error(event, command=args.command, error=message, exit_code=exit_code(exc))
+        known = app.summary if app else None
+        reason = getattr(exc, "reason", None)
+        ending.summary = ended_by_error(known, exc.outcome, message, reason=reason)
         return exit_code(exc)
     except KeyboardInterrupt:
         return 130
-    except Exception:
+    except Exception as exc:
         # A bug: the traceback (masked, without local variables) is for the report.
         log.exception("internal_error", command=args.command, exit_code=EXIT_INTERNAL)
+        known = app.summary if app else None
+        detail = f"{first_line(exc)} (a bug: please report it with the internal_error log line)"
+        ending.summary = ended_by_error(known, SchemadError.outcome, detail)
         return EXIT_INTERNAL
-    finally:
-        if app is not None:
-            app.database.dispose()
+
+
+def write_termination_message(ending: Ending) -> None:
+    """Leave the command's one-line summary where Kubernetes reads it.
+
+    Unset SCHEMAD_TERMINATION_MESSAGE_PATH means /dev/termination-log when it
+    is writable; a path that cannot be written is logged, never fatal.
+    """
+    if ending.summary is None:  # a crash: Kubernetes falls back to the log's tail
+        return
+    path = ending.path
+    if path is None:
+        if not os.access(DEFAULT_TERMINATION_LOG, os.W_OK):
+            return
+        path = DEFAULT_TERMINATION_LOG
+    line = termination_message(ending.summary, ending.secrets.redact)
+    try:
+        path.write_text(line, encoding="utf-8")
+    except OSError as exc:
+        logs.get_logger("schemad.cli").warning(
+            "termination_message_failed", path=str(path), error=exc.strerror or str(exc)
+        )
 
 
 def exit_code(ended: Result | SchemadError) -> int:
@@ -230,11 +317,15 @@ def exit_code(ended: Result | SchemadError) -> int:
 
 
 def cmd_upgrade(app: App, _args: argparse.Namespace) -> int:
-    return exit_code(app.reconciler.reconcile_once())
+    result = app.reconciler.reconcile_once()
+    app.summary = summary_of_result(result)
+    app.notifier.pass_finished(result)
+    return exit_code(result)
 
 
 def cmd_status(app: App, args: argparse.Namespace) -> int:
     inspection = app.reconciler.inspect_as_a_pass_would()
+    app.summary = summary_of_inspection(inspection.plan.kind.value, inspection)
     holder = app.database.lock_holder()
     if args.json:
         _print_json(
@@ -253,6 +344,7 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
 
 def cmd_plan(app: App, args: argparse.Namespace) -> int:
     inspection = app.reconciler.inspect_as_a_pass_would()
+    app.summary = summary_of_inspection(inspection.plan.kind.value, inspection)
     plan = inspection.plan
     if args.sql:
         if plan.kind is PlanKind.REFUSED:
@@ -304,7 +396,9 @@ def cmd_wait(
             try:
                 inspection = app.reconciler.inspect()
                 plan = inspection.plan
+                app.summary = summary_of_inspection(plan.kind.value, inspection)
                 if plan.schema_ready:
+                    app.summary = summary_of_inspection("ready", inspection)
                     log.info("schema_ready", current=list(plan.current), target=list(plan.target))
                     return EXIT_OK
                 if plan.reason in _TARGET_REFUSALS:
@@ -355,7 +449,11 @@ def cmd_run(app: App, _args: argparse.Namespace) -> int:
     disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
     daemon = Daemon(
-        settings, app.reconciler, Metrics(registry), database_url=app.database.masked_url
+        settings,
+        app.reconciler,
+        Metrics(registry),
+        database_url=app.database.masked_url,
+        notifier=app.notifier,
     )
     server = HttpServer(settings.http_host, settings.http_port, registry, daemon)
     daemon.install_signal_handlers()
@@ -408,6 +506,7 @@ def cmd_history(app: App, args: argparse.Namespace) -> int:
             variable="SCHEMAD_HISTORY_ENABLED",
         )
     rows = history.rows(revision=args.revision, since=args.since, limit=args.limit)
+    app.summary = Summary("ok", detail=f"{len(rows)} history row(s) in {history.name}")
     if args.json:
         app.out.write(json.dumps([row.as_dict() for row in rows], indent=2) + "\n")
         return EXIT_OK
@@ -432,6 +531,9 @@ def cmd_history(app: App, args: argparse.Namespace) -> int:
 
 def cmd_drift(app: App, args: argparse.Namespace) -> int:
     report = app.reconciler.check_drift()
+    differences = [difference.describe() for difference in report.differences]
+    app.summary = drift_summary(report.revisions, differences)
+    app.notifier.drift_checked(report.revisions, differences)
     if args.json:
         _print_json(app.out, report.as_dict())
     elif not report.drifted:
@@ -537,8 +639,11 @@ def _print_json(out: TextIO, document: dict[str, Any]) -> None:
 
 
 def _secrets(settings: Settings) -> Secrets:
-    try:
+    # What cannot be parsed is still masked as the environment holds it.
+    secrets = Secrets.of(secrets_in_environment())
+    with contextlib.suppress(ConfigError):
         url = settings.url()
-    except ConfigError:
-        return Secrets()
-    return Secrets.of_url(url.password and str(url.password), url.query)
+        secrets |= Secrets.of_url(url.password and str(url.password), url.query)
+    with contextlib.suppress(ConfigError):
+        secrets |= Secrets.of_webhook(settings.webhook())
+    return secrets

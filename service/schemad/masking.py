@@ -14,11 +14,14 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, urlsplit
 
 MASK = "***"
 # Shorter values would mask ordinary words; no real password is that short.
 MIN_LENGTH = 3
+# A webhook URL's path is masked on its own only when it is long enough to be
+# a token rather than a word such as /hook.
+MIN_WEBHOOK_PATH = 8
 # Query parameters whose values are secrets: password, passwd, sslpassword,
 # ssl_key_password, secret, token, ...
 _SECRET_KEY = re.compile(r"pass|secret|token", re.IGNORECASE)
@@ -50,6 +53,19 @@ class Secrets:
         for key, value in (query or {}).items():
             if _SECRET_KEY.search(key):
                 values.extend([value] if isinstance(value, str) else list(value))
+        return cls.of(values)
+
+    @classmethod
+    def of_webhook(cls, url: str | None) -> Secrets:
+        """A webhook URL's secrets: the whole URL, its password, and its path and
+        query (a Slack or Mattermost URL's token is its path)."""
+        if not url:
+            return cls()
+        parts = urlsplit(url)
+        values: list[str | None] = [url, parts.password]
+        rest = url.split(parts.netloc, 1)[1] if parts.netloc else ""
+        if len(rest) >= MIN_WEBHOOK_PATH:
+            values.append(rest)
         return cls.of(values)
 
     def __or__(self, other: Secrets) -> Secrets:

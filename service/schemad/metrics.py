@@ -14,6 +14,7 @@ from schemad import __version__
 from schemad.model import Direction, Outcome, Result
 
 DIRECTIONS = tuple(direction.value for direction in Direction)
+WEBHOOK_OUTCOMES = ("delivered", "failed")
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
 
@@ -125,12 +126,24 @@ class Metrics:
             "Drift checks that could not run (no privilege, migrations failing, ...).",
             registry=registry,
         )
+        self.webhook_deliveries = Counter(
+            "schemad_webhook_deliveries",
+            "Webhook events by delivery outcome (failed: after every retry).",
+            ["outcome"],
+            registry=registry,
+        )
         self.build_info.labels(__version__).set(1)
         for outcome in Outcome:
             self.reconciles.labels(outcome.value)
         for direction in DIRECTIONS:
             self.revisions_applied.labels(direction)
             self.revision_duration.labels(direction)
+        for delivery in WEBHOOK_OUTCOMES:
+            self.webhook_deliveries.labels(delivery)
+
+    def webhook_delivered(self, outcome: str) -> None:
+        """Count one webhook event, ``delivered`` or ``failed``."""
+        self.webhook_deliveries.labels(outcome).inc()
 
     def observe(self, result: Result, *, finished_at: float) -> None:
         """Record one finished pass."""

@@ -207,6 +207,8 @@ class Result:
     lock_wait_seconds: float = 0.0
     lock_holder: LockHolder | None = None
     error: str | None = None
+    failed_revision: str | None = None
+    """The revision that raised, when a revision failed while being applied."""
     tampered: tuple[Tampered, ...] = ()
     newer: tuple[NewerRevision, ...] = ()
     history_write_failures: int = 0

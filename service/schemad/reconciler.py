@@ -716,6 +716,7 @@ class Reconciler:
             lock_wait_seconds=run.lock_wait_seconds,
             lock_holder=run.lock_holder,
             error=self.database.redact(message) if (error or outcome is Outcome.REFUSED) else None,
+            failed_revision=error.revision if isinstance(error, MigrationFailedError) else None,
             tampered=run.tampered,
             newer=run.newer,
             history_write_failures=run.journal.write_failures,

@@ -33,6 +33,7 @@ from schemad.metrics import Metrics
 from schemad.model import LockHolder, Outcome, Result
 from schemad.reconciler import Reconciler
 from schemad.settings import Settings
+from schemad.webhook import Notifier
 
 JOB_ID = "reconcile"
 DRIFT_JOB_ID = "drift"
@@ -84,10 +85,13 @@ class Daemon:
         *,
         database_url: str,
         wall_clock: Callable[[], float] = time.time,
+        notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.reconciler = reconciler
         self.metrics = metrics
+        self.notifier = notifier or Notifier(None)
+        self.notifier.observe(metrics.webhook_delivered)
         self.database_url = database_url
         self._wall_clock = wall_clock
         self._log = logs.get_logger("schemad.daemon")
@@ -225,6 +229,7 @@ class Daemon:
         self.metrics.drift_objects.set(len(report.differences))
         self.metrics.drift_checked.set(checked_at)
         self._set_drift(report.as_dict(), checked_at)
+        self.notifier.drift_checked(report.revisions, [d.describe() for d in report.differences])
 
     def _set_drift(self, document: dict[str, Any], checked_at: float) -> None:
         with self._lock:
@@ -233,6 +238,7 @@ class Daemon:
     def _record(self, result: Result) -> None:
         finished_at = self._wall_clock()
         self.metrics.observe(result, finished_at=finished_at)
+        self.notifier.pass_finished(result)
         with self._lock:
             self._last = result
             if result.ready:

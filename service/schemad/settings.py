@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,10 +21,12 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from schemad.errors import ConfigError
+from schemad.notices import DEFAULT_EVENTS, parse_events
 
 PREFIX = "SCHEMAD_"
 SUPPORTED_BACKENDS = ("postgresql", "mysql", "mariadb", "sqlite")
-_SECRET_FIELDS = frozenset({"database_url"})
+_SECRET_FIELDS = frozenset({"database_url", "webhook_url"})
+_SECRET_VARIABLES = ("DATABASE_URL", "WEBHOOK_URL")
 _QUERY_PASSWORD_KEYS = ("passwd", "password")
 # Alembic reads any target ending in +N/-N as relative (ids cannot hold + or -).
 _RELATIVE_TARGET = re.compile(r"(^|@)\w*[+-]\d+$")
@@ -120,6 +123,18 @@ class Settings(BaseSettings):
     """`schemad run`: port of /metrics, /healthz, /readyz and /status (0: any free port)."""
     shutdown_grace_seconds: Seconds = 30.0
     """`schemad run`: on SIGTERM, how long a running revision may take to finish."""
+    termination_message_path: Path | None = None
+    """One-shot commands: where to write their one-line summary for Kubernetes;
+    unset: /dev/termination-log when it exists and is writable."""
+    webhook_url: SecretStr | None = None
+    """POST a JSON event here on the events below (a secret: a Slack URL is a credential)."""
+    webhook_url_file: Path | None = None
+    """File holding the webhook URL (a mounted Kubernetes Secret); excludes WEBHOOK_URL."""
+    webhook_events: str = ",".join(DEFAULT_EVENTS)
+    """Comma list of the events to send: applied, failed, refused, drift, unavailable,
+    lock_timeout, recovered."""
+    webhook_timeout_seconds: Seconds = 5.0
+    """Bound on one delivery attempt (three attempts at most)."""
 
     @field_validator("target_revision")
     @classmethod
@@ -156,11 +171,49 @@ class Settings(BaseSettings):
             ) from None
         return value.strip()
 
+    @field_validator("webhook_events")
+    @classmethod
+    def _known_events(cls, value: str) -> str:
+        return ",".join(parse_events(value))
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_is_http(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _check_webhook_url(value.get_secret_value())
+        return value
+
     @model_validator(mode="after")
     def _one_url_source(self) -> Settings:
         if self.database_url is not None and self.database_url_file is not None:
             raise ValueError("set SCHEMAD_DATABASE_URL or SCHEMAD_DATABASE_URL_FILE, not both")
+        if self.webhook_url is not None and self.webhook_url_file is not None:
+            raise ValueError("set SCHEMAD_WEBHOOK_URL or SCHEMAD_WEBHOOK_URL_FILE, not both")
         return self
+
+    @property
+    def webhook_event_names(self) -> tuple[str, ...]:
+        """The events to send, in the canonical order."""
+        return parse_events(self.webhook_events)
+
+    def webhook(self) -> str | None:
+        """Return the webhook URL, read from the file when one is named; None when unset.
+
+        Raises:
+            ConfigError: the file cannot be read, or holds no http(s) URL.
+        """
+        if self.webhook_url is not None:
+            return self.webhook_url.get_secret_value().strip()
+        if self.webhook_url_file is None:
+            return None
+        variable = f"{PREFIX}WEBHOOK_URL_FILE"
+        raw = _read_secret_file(self.webhook_url_file, variable)
+        try:
+            _check_webhook_url(raw)
+        except ValueError as exc:
+            message = f"{variable}={self.webhook_url_file}: {exc}"
+            raise ConfigError(message, variable=variable) from None
+        return raw
 
     def url(self) -> URL:
         """Return the database URL, read from the file when one is named.
@@ -241,8 +294,21 @@ def _password_out_of_query(url: URL) -> URL:
     return url.difference_update_query(keys).set(password=password)
 
 
-def _read_secret_file(path: Path) -> str:
-    variable = f"{PREFIX}DATABASE_URL_FILE"
+def _check_webhook_url(raw: str) -> None:
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            "expected an http:// or https:// URL, e.g. "
+            "https://hooks.slack.com/services/T000/B000/XXXX (the value is not shown: "
+            "webhook URLs are secrets)"
+        )
+    try:
+        parts.port  # noqa: B018 - a bad port raises only when read
+    except ValueError:
+        raise ValueError("the URL's port is not a number from 0 to 65535") from None
+
+
+def _read_secret_file(path: Path, variable: str = f"{PREFIX}DATABASE_URL_FILE") -> str:
     try:
         with path.open("rb") as handle:
             raw = handle.read(URL_FILE_MAX_BYTES + 1)
@@ -290,6 +356,46 @@ def load_identity() -> IdentitySettings:
         return IdentitySettings()
     except ValidationError:  # only optional strings: cannot really fail
         return IdentitySettings.model_construct()
+
+
+class _TerminationSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX, case_sensitive=False, extra="ignore", env_ignore_empty=True
+    )
+
+    termination_message_path: Path | None = None
+
+
+def load_termination_message_path() -> Path | None:
+    """SCHEMAD_TERMINATION_MESSAGE_PATH alone, for a command whose other settings are invalid."""
+    try:
+        return _TerminationSettings().termination_message_path
+    except ValidationError:
+        return None
+
+
+def secrets_in_environment() -> list[str]:
+    """The secret values the environment holds (the database and webhook URLs, the
+    password in a URL), for masking when the settings themselves are invalid."""
+    values: list[str] = []
+    for key, value in os.environ.items():
+        name = key.upper().removeprefix(PREFIX)
+        if not key.upper().startswith(PREFIX) or name not in _SECRET_VARIABLES or not value:
+            continue
+        values.append(value)
+        password = _password_of(value)
+        if password:
+            values.extend([password, unquote(password)])
+    return values
+
+
+def _password_of(raw: str) -> str | None:
+    try:
+        password = make_url(raw.strip()).password
+    except (ArgumentError, ValueError):
+        match = re.search(r"://[^/@:]*:(.*)@", raw)
+        return match.group(1) if match else None
+    return str(password) if password else None
 
 
 def load_settings() -> Settings:

@@ -32,6 +32,7 @@ from deploy_support import (
     validate_object,
 )
 
+from schemad.notices import EVENTS
 from schemad.settings import Settings, setting_names
 
 SCENARIOS = sorted(
@@ -40,8 +41,11 @@ SCENARIOS = sorted(
 URL = "postgresql+psycopg://app:s3cret@db:5432/app"
 # Where the chart's default deliberately differs from schemad's own (values.yaml says why).
 CHART_DEFAULTS = {"lock_wait_seconds": 180.0, "log_format": "json"}
-# Settings that come from `database`, not from `config`.
+# Settings that come from `database` and `notifications.webhook`, not from `config`.
 URL_SETTINGS = {"database_url", "database_url_file"}
+WEBHOOK_SETTINGS = {"webhook_url", "webhook_url_file", "webhook_events", "webhook_timeout_seconds"}
+NOT_IN_CONFIG = URL_SETTINGS | WEBHOOK_SETTINGS
+HOOK = "https://hooks.slack.com/services/T0000/B0000/XXXXs3cretXXXX"
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +267,11 @@ def test_chart_sets_only_real_settings(chart: Any, scenario: str) -> None:
 def test_every_setting_is_reachable_from_values(chart: Any) -> None:
     """Across the URL-as-env and URL-as-file shapes, the chart can set every setting."""
     full = scenario_values("deployment-full")
-    as_file = {**full, "database": {"existingSecret": "app-db", "mountAsFile": True}}
+    as_file = {
+        **full,
+        "database": {"existingSecret": "app-db", "mountAsFile": True},
+        "notifications": {"webhook": {"existingSecret": "hook", "url": "", "mountAsFile": True}},
+    }
     reached: set[str] = set()
     for values in (full, as_file):
         container = pod_spec(one(render(chart, values), "Deployment"))["containers"][0]
@@ -275,7 +283,7 @@ def test_config_keys_are_the_settings() -> None:
     """values.yaml's config has one key per setting (bar the URL), named after it."""
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     keys = {camel_to_setting(k) for k in values["config"]}
-    assert sorted(set(Settings.model_fields) - URL_SETTINGS) == sorted(keys)
+    assert sorted(set(Settings.model_fields) - NOT_IN_CONFIG) == sorted(keys)
 
 
 def test_config_defaults_are_schemads_defaults() -> None:
@@ -290,9 +298,17 @@ def test_config_defaults_are_schemads_defaults() -> None:
     expected = {
         field: CHART_DEFAULTS.get(field, info.default)
         for field, info in Settings.model_fields.items()
-        if field not in URL_SETTINGS
+        if field not in NOT_IN_CONFIG
     }
     assert expected == chart_defaults
+
+
+def test_webhook_defaults_are_schemads_defaults() -> None:
+    """notifications.webhook's events and timeout default to SCHEMAD_WEBHOOK_*'s defaults."""
+    hook = yaml.safe_load((CHART / "values.yaml").read_text())["notifications"]["webhook"]
+    fields = Settings.model_fields
+    expected = (fields["webhook_events"].default, fields["webhook_timeout_seconds"].default)
+    assert expected == (",".join(hook["events"]), hook["timeoutSeconds"])
 
 
 @pytest.mark.parametrize("scenario", ["job", "job-existing-secret-file", "deployment-full"])
@@ -322,6 +338,19 @@ def test_a_fully_configured_daemon_gets_every_value(
     want = {camel_to_setting(k): v for k, v in values["config"].items()}
     got = {k: str(v) if isinstance(v, Path) else v for k, v in got.items()}
     assert want == got
+
+
+def test_a_fully_configured_daemon_gets_the_webhook_values(
+    chart: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """notifications.webhook's events and timeout arrive in Settings unchanged."""
+    values = scenario_values("deployment-full")
+    container = pod_spec(one(render(chart, values), "Deployment"))["containers"][0]
+    env = {k: v for k, v in literal_env(container).items() if k.startswith("SCHEMAD_")}
+    loaded = load_settings_from({**env, "SCHEMAD_DATABASE_URL": URL}, monkeypatch)
+    hook = values["notifications"]["webhook"]
+    expected = (tuple(sorted(hook["events"])), float(hook["timeoutSeconds"]))
+    assert expected == (tuple(sorted(loaded.webhook_event_names)), loaded.webhook_timeout_seconds)
 
 
 def test_url_from_an_existing_secret_uses_secret_key_ref(chart: Any) -> None:
@@ -369,6 +398,115 @@ def test_changing_the_url_rolls_the_pods(chart: Any) -> None:
     assert checksum(URL) != checksum(URL.replace("s3cret", "rotated"))
 
 
+# -- notifications and the termination message -------------------------------------------
+
+
+def test_webhook_from_an_existing_secret_uses_secret_key_ref(chart: Any) -> None:
+    """notifications.webhook.existingSecret + key becomes a secretKeyRef; no Secret is made."""
+    values = {
+        "mode": "deployment",
+        "database": {"existingSecret": "app-db"},
+        "notifications": {"webhook": {"existingSecret": "slack", "key": "hook"}},
+    }
+    objects = render(chart, values)
+    container = pod_spec(one(objects, "Deployment"))["containers"][0]
+    hook = next(e for e in container["env"] if e["name"] == "SCHEMAD_WEBHOOK_URL")
+    expected = ({"secretKeyRef": {"name": "slack", "key": "hook"}}, False)
+    assert expected == (hook["valueFrom"], "Secret" in {o["kind"] for o in objects})
+
+
+def test_webhook_url_from_values_goes_into_the_secret_never_into_the_pod(chart: Any) -> None:
+    """notifications.webhook.url is stored in the chart's Secret beside the database URL."""
+    values = {"mode": "deployment", "database": {"url": URL}}
+    objects = render(chart, {**values, "notifications": {"webhook": {"url": HOOK}}})
+    secret = one(objects, "Secret")
+    deployment = one(objects, "Deployment")
+    hook = next(
+        e
+        for e in pod_spec(deployment)["containers"][0]["env"]
+        if e["name"] == "SCHEMAD_WEBHOOK_URL"
+    )
+    expected = (["url", "webhook-url"], "webhook-url", False)
+    actual = (
+        list(secret["data"]),
+        hook["valueFrom"]["secretKeyRef"]["key"],
+        "s3cret" in yaml.safe_dump(deployment),
+    )
+    assert expected == actual
+
+
+def test_webhook_url_alone_makes_the_chart_keep_a_secret(chart: Any) -> None:
+    """With the database URL in your Secret, the chart's Secret holds only the webhook URL."""
+    values = {
+        "mode": "deployment",
+        "database": {"existingSecret": "app-db"},
+        "notifications": {"webhook": {"url": HOOK}},
+    }
+    objects = render(chart, values)
+    deployment = one(objects, "Deployment")
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert (list(one(objects, "Secret")["data"]), "checksum/secret" in annotations) == (
+        ["webhook-url"],
+        True,
+    )
+
+
+def test_webhook_url_as_a_file_mounts_its_secret(chart: Any) -> None:
+    """mountAsFile points SCHEMAD_WEBHOOK_URL_FILE at the mounted Secret's key."""
+    job = one(render(chart, scenario_values("job-existing-secret-file")), "Job")
+    spec = pod_spec(job)
+    container = spec["containers"][0]
+    path = literal_env(container)["SCHEMAD_WEBHOOK_URL_FILE"]
+    mount = next(m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    expected = (False, "slack-webhook", [{"key": "webhook", "path": Path(path).name}])
+    actual = (
+        "SCHEMAD_WEBHOOK_URL" in setting_env_names(container),
+        volume["secret"]["secretName"],
+        volume["secret"]["items"],
+    )
+    assert expected == actual
+
+
+def test_no_webhook_sets_no_webhook_variable(chart: Any) -> None:
+    """Without a webhook the containers get no SCHEMAD_WEBHOOK_* variable at all."""
+    container = pod_spec(workload(render(chart, scenario_values("job"))))["containers"][0]
+    assert sorted(n for n in setting_env_names(container) if "WEBHOOK" in n) == []
+
+
+@pytest.mark.parametrize("scenario", ["job", "deployment", "deployment-full"])
+def test_containers_fall_back_to_logs_on_error(chart: Any, scenario: str) -> None:
+    """Job and Deployment containers show the log's tail when no message was written."""
+    spec = pod_spec(workload(render(chart, scenario_values(scenario))))
+    policies = [c["terminationMessagePolicy"] for c in containers(spec)]
+    assert policies == ["FallbackToLogsOnError"] * len(policies)
+
+
+def test_a_changed_termination_path_moves_the_container_too(chart: Any) -> None:
+    """config.terminationMessagePath sets both the setting and the container's path."""
+    container = pod_spec(one(render(chart, scenario_values("deployment-full")), "Deployment"))[
+        "containers"
+    ][0]
+    path = "/var/run/schemad/termination-log"
+    expected = (path, path)
+    actual = (
+        literal_env(container)["SCHEMAD_TERMINATION_MESSAGE_PATH"],
+        container["terminationMessagePath"],
+    )
+    assert expected == actual
+
+
+def test_the_default_termination_path_is_kubernetes_own(chart: Any) -> None:
+    """Unset, neither the setting nor the container's path is rendered (both default)."""
+    container = pod_spec(one(render(chart, scenario_values("job")), "Job"))["containers"][0]
+    expected = (False, False)
+    actual = (
+        "SCHEMAD_TERMINATION_MESSAGE_PATH" in setting_env_names(container),
+        "terminationMessagePath" in container,
+    )
+    assert expected == actual
+
+
 # -- values that must fail, readably ---------------------------------------------------
 
 
@@ -399,6 +537,10 @@ def test_no_secret_source_fails_with_a_clear_message(helm: Any, chart: Any) -> N
         (
             {"extraEnv": [{"name": "SCHEMAD_TARGET_REVISION", "value": "x"}]},
             "extraEnv sets SCHEMAD_TARGET_REVISION",
+        ),
+        (
+            {"notifications": {"webhook": {"url": HOOK, "existingSecret": "slack"}}},
+            "set notifications.webhook.url or notifications.webhook.existingSecret, not both",
         ),
     ],
 )
@@ -434,6 +576,24 @@ def test_conflicting_values_fail_with_a_clear_message(
             "at '/prometheusRule/disabledAlerts/0'",
         ),
         ({"replicas": 2}, "additional properties 'replicas' not allowed"),
+        (
+            {"notifications": {"webhook": {"events": ["failed", "exploded"]}}},
+            "at '/notifications/webhook/events/1': value must be one of",
+        ),
+        ({"notifications": {"webhook": {"events": []}}}, "at '/notifications/webhook/events'"),
+        ({"notifications": {"webhook": {"url": "ftp://x/y"}}}, "at '/notifications/webhook/url'"),
+        (
+            {"notifications": {"webhook": {"timeoutSeconds": 0}}},
+            "at '/notifications/webhook/timeoutSeconds'",
+        ),
+        (
+            {"notifications": {"slack": {"url": HOOK}}},
+            "at '/notifications': additional properties 'slack' not allowed",
+        ),
+        (
+            {"config": {"terminationMessagePath": "termination-log"}},
+            "at '/config/terminationMessagePath'",
+        ),
     ],
 )
 def test_bad_values_are_rejected_by_the_schema(
@@ -508,6 +668,13 @@ def test_schema_enums_match_the_settings() -> None:
     for key in ("logFormat", "logLevel", "onUnknownRevision"):
         choices = Settings.model_fields[camel_to_setting(key)].annotation.__args__  # type: ignore[union-attr]
         assert list(choices) == config[key]["enum"]
+
+
+def test_schema_webhook_events_match_schemads() -> None:
+    """notifications.webhook.events accepts exactly schemad's event names."""
+    schema = yaml.safe_load((CHART / "values.schema.json").read_text())
+    webhook = schema["properties"]["notifications"]["properties"]["webhook"]["properties"]
+    assert list(EVENTS) == webhook["events"]["items"]["enum"]
 
 
 def test_schema_alert_names_match_the_rules() -> None:
@@ -667,6 +834,24 @@ def test_sidecar_has_no_readiness_probe_unless_asked(app_chart: Any) -> None:
     spec = pod_spec(_web(render(app_chart, {"sidecar": True})))
     sidecar = next(c for c in spec["containers"] if c["name"] == "schemad")
     assert "readinessProbe" not in sidecar
+
+
+def test_named_templates_fall_back_to_logs_on_error(app_chart: Any) -> None:
+    """The init container and the sidecar templates set FallbackToLogsOnError too."""
+    spec = pod_spec(_web(render(app_chart, {"sidecar": True})))
+    init = spec["initContainers"][0]
+    sidecar = next(c for c in spec["containers"] if c["name"] == "schemad")
+    policies = (init["terminationMessagePolicy"], sidecar["terminationMessagePolicy"])
+    assert policies == ("FallbackToLogsOnError", "FallbackToLogsOnError")
+
+
+def test_init_container_template_refuses_the_jobs_short_lived_webhook_secret(
+    helm: Any, app_chart: Any
+) -> None:
+    """A webhook URL in the chart's hook Secret cannot reach the user's own pods."""
+    values = {"schemad": {"notifications": {"webhook": {"url": HOOK}}}}
+    message = render_error(helm, app_chart, values)
+    assert "give your pods notifications.webhook.existingSecret" in message
 
 
 def test_init_container_template_refuses_the_jobs_short_lived_secret(

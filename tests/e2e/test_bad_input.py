@@ -442,6 +442,21 @@ CASES: dict[str, Case] = {
     "retry-unknown-revision": Case(
         78, "SCHEMAD_RETRY_INTERRUPTED=nosuchrev: no such revision", retry_unknown_revision
     ),
+    "bad-webhook-events": Case(
+        78,
+        "SCHEMAD_WEBHOOK_EVENTS='failed,exploded': unknown event(s) exploded",
+        with_setting(webhook_events="failed,exploded"),
+    ),
+    "webhook-url-not-http": Case(
+        78,
+        "SCHEMAD_WEBHOOK_URL: expected an http:// or https:// URL",
+        with_setting(webhook_url=f"ftp://hooks.example/{PASSWORD}"),
+    ),
+    "webhook-url-file-missing": Case(
+        78,
+        "SCHEMAD_WEBHOOK_URL_FILE=",
+        lambda ctx: with_setting(webhook_url_file=str(ctx.tmp / "nope"))(ctx),
+    ),
     "env-py-other-version-table": Case(
         78, "env.py uses the version table other_version", env_py_other_version_table
     ),

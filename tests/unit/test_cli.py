@@ -619,3 +619,40 @@ def real_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
     root.handlers = saved[0]
     root.setLevel(saved[1])
     logging.getLogger("sqlalchemy.engine").setLevel(saved[2])
+
+
+def test_health_leaves_no_termination_message(
+    configure: Callable[..., None], tmp_path: Path
+) -> None:
+    """`health` is a probe, not a command with an outcome: it writes no termination line."""
+    message = tmp_path / "termination-log"
+    configure(termination_message_path=str(message), http_port="1")
+    assert (run("health")[0], message.exists()) == (1, False)
+
+
+def test_a_crash_is_exit_1_with_its_cause_in_the_termination_message(
+    configure: Callable[..., None], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A bug ends the command with exit 1, an internal_error log line and a termination line."""
+    message = tmp_path / "termination-log"
+    configure(termination_message_path=str(message))
+
+    def broken(_app: cli.App, _args: Any) -> int:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(cli.COMMANDS, "upgrade", broken)
+    with capture_logs() as entries:
+        code, _ = run("upgrade")
+    events = [e["event"] for e in entries]
+    assert (code, "internal_error" in events) == (1, True)
+    assert message.read_text().startswith("internal_error: RuntimeError: a bug")
+
+
+def test_upgrade_leaves_its_outcome_in_the_termination_message(
+    configure: Callable[..., None], tmp_path: Path
+) -> None:
+    """In process too, `upgrade` writes its one line where the setting says."""
+    message = tmp_path / "termination-log"
+    configure(termination_message_path=str(message))
+    run("upgrade")
+    assert message.read_text() == "applied: 3 revision(s), database at r0003 (target head)"

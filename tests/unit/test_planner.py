@@ -22,7 +22,15 @@ from schemad.model import (
 from schemad.planner import ancestors, make_plan
 
 PACKAGE = Path(__file__).resolve().parents[2] / "service" / "schemad"
-PURE_MODULES = ("model.py", "planner.py", "errors.py", "audit.py", "documents.py", "masking.py")
+PURE_MODULES = (
+    "model.py",
+    "planner.py",
+    "errors.py",
+    "audit.py",
+    "documents.py",
+    "masking.py",
+    "notices.py",
+)
 PURE_PACKAGE_IMPORTS = frozenset({"schemad.model", "schemad.errors"})
 
 

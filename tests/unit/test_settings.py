@@ -9,7 +9,15 @@ import pytest
 
 from schemad.cli import exit_code
 from schemad.errors import ConfigError
-from schemad.settings import Settings, load_settings, parse_url, setting_names, unknown_variables
+from schemad.settings import (
+    Settings,
+    load_settings,
+    load_termination_message_path,
+    parse_url,
+    secrets_in_environment,
+    setting_names,
+    unknown_variables,
+)
 
 PASSWORD = "S3cr3t-Pa55"
 PG_URL = f"postgresql+psycopg://app:{PASSWORD}@db.example:5432/app"
@@ -591,3 +599,97 @@ def test_kubernetes_service_links_are_not_reported(
     """Variables Kubernetes injects for a Service named schemad are not typos."""
     monkeypatch.setenv(variable, "tcp://10.0.0.1:8080")
     assert unknown_variables() == []
+
+
+# -- notifications ---------------------------------------------------------------------------
+
+HOOK = "https://hooks.slack.com/services/T000/B000/XXXXs3cret"
+
+
+def test_webhook_defaults() -> None:
+    """No webhook by default; the default events are failed, refused, drift and applied."""
+    settings = load_settings()
+    expected = (None, ("applied", "failed", "refused", "drift"), 5.0, None)
+    actual = (
+        settings.webhook(),
+        settings.webhook_event_names,
+        settings.webhook_timeout_seconds,
+        settings.termination_message_path,
+    )
+    assert expected == actual
+
+
+def test_webhook_events_are_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SCHEMAD_WEBHOOK_EVENTS takes any of the seven events, in any case and order."""
+    settings = loaded(monkeypatch, SCHEMAD_WEBHOOK_EVENTS="Recovered, unavailable,lock_timeout")
+    assert settings.webhook_event_names == ("unavailable", "lock_timeout", "recovered")
+
+
+def test_unknown_webhook_event_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A misspelt event stops the process (78) naming the variable and the choices."""
+    error = config_error(monkeypatch, SCHEMAD_WEBHOOK_EVENTS="failed,drifted")
+    expected = (78, "SCHEMAD_WEBHOOK_EVENTS", True)
+    actual = (exit_code(error), error.variable, "unknown event(s) drifted" in error.message)
+    assert expected == actual
+
+
+def test_webhook_url_and_file_together_are_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """SCHEMAD_WEBHOOK_URL and SCHEMAD_WEBHOOK_URL_FILE are exclusive."""
+    (tmp_path / "hook").write_text(HOOK)
+    error = config_error(
+        monkeypatch, SCHEMAD_WEBHOOK_URL=HOOK, SCHEMAD_WEBHOOK_URL_FILE=str(tmp_path / "hook")
+    )
+    assert "set SCHEMAD_WEBHOOK_URL or SCHEMAD_WEBHOOK_URL_FILE, not both" in error.message
+
+
+def test_a_webhook_url_that_is_not_http_is_refused_unseen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad webhook URL is a config error whose message never repeats the URL."""
+    error = config_error(monkeypatch, SCHEMAD_WEBHOOK_URL="ftp://hooks.example/T000/s3cretT0ken")
+    expected = (True, False)
+    actual = (
+        "expected an http:// or https:// URL" in error.message,
+        "s3cretT0ken" in error.message,
+    )
+    assert expected == actual
+
+
+def test_webhook_url_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """SCHEMAD_WEBHOOK_URL_FILE names a file (a mounted Secret) holding the URL."""
+    (tmp_path / "hook").write_text(f"{HOOK}\n")
+    settings = loaded(monkeypatch, SCHEMAD_WEBHOOK_URL_FILE=str(tmp_path / "hook"))
+    assert settings.webhook() == HOOK
+
+
+def test_webhook_url_file_without_a_url_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A file that holds no http(s) URL names the file variable, not the contents."""
+    (tmp_path / "hook").write_text("not a url s3cret")
+    settings = loaded(monkeypatch, SCHEMAD_WEBHOOK_URL_FILE=str(tmp_path / "hook"))
+    with pytest.raises(ConfigError) as caught:
+        settings.webhook()
+    assert (caught.value.variable, "s3cret" in caught.value.message) == (
+        "SCHEMAD_WEBHOOK_URL_FILE",
+        False,
+    )
+
+
+def test_termination_path_survives_other_bad_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The termination path is still known when another setting is invalid."""
+    monkeypatch.setenv("SCHEMAD_LOCK_WAIT_SECONDS", "soon")
+    monkeypatch.setenv("SCHEMAD_TERMINATION_MESSAGE_PATH", str(tmp_path / "log"))
+    assert load_termination_message_path() == tmp_path / "log"
+
+
+def test_secrets_in_environment_hold_the_url_and_its_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """For masking without valid settings: each secret variable and the URL's password."""
+    monkeypatch.setenv("SCHEMAD_DATABASE_URL", "postgresql+psycopg://app:p%21w@db/app")
+    monkeypatch.setenv("SCHEMAD_WEBHOOK_URL", HOOK)
+    found = set(secrets_in_environment())
+    assert {"postgresql+psycopg://app:p%21w@db/app", "p!w", HOOK} <= found

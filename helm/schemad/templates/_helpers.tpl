@@ -80,10 +80,44 @@ is configured.
 {{- end }}
 
 {{/*
+The webhook's Secret, or nothing when no webhook is configured; fails when
+both sources are set.
+*/}}
+{{- define "schemad.webhookSecretName" -}}
+{{- $hook := .Values.notifications.webhook }}
+{{- if and $hook.url $hook.existingSecret }}
+{{- fail "schemad: set notifications.webhook.url or notifications.webhook.existingSecret, not both (url makes the chart store it in its Secret; existingSecret names one you manage)" }}
+{{- else if $hook.existingSecret }}
+{{- $hook.existingSecret }}
+{{- else if $hook.url }}
+{{- include "schemad.fullname" . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Key of the webhook URL in its Secret (the chart's own Secret uses webhook-url,
+beside the database URL).
+*/}}
+{{- define "schemad.webhookSecretKey" -}}
+{{- if .Values.notifications.webhook.existingSecret }}{{ .Values.notifications.webhook.key }}{{ else }}webhook-url{{ end }}
+{{- end }}
+
+{{/*
+Whether the chart creates its own Secret (database.url or notifications.webhook.url).
+*/}}
+{{- define "schemad.ownsSecret" -}}
+{{- if or .Values.database.url .Values.notifications.webhook.url }}true{{ end }}
+{{- end }}
+
+{{/*
 Checks that span several values (the schema checks each one alone).
 */}}
 {{- define "schemad.validate" -}}
 {{- $_ := include "schemad.secretName" . }}
+{{- $_ = include "schemad.webhookSecretName" . }}
+{{- if and .Values.database.url .Values.notifications.webhook.url (eq .Values.database.secretKey "webhook-url") }}
+{{- fail "schemad: database.secretKey webhook-url is the key the chart's Secret keeps the webhook URL under; pick another" }}
+{{- end }}
 {{- if and (eq .Values.mode "job") (ge (float64 .Values.config.lockWaitSeconds) (float64 .Values.job.activeDeadlineSeconds)) }}
 {{- fail (printf "schemad: config.lockWaitSeconds (%v) must be below job.activeDeadlineSeconds (%v), or the hook Job is killed while it waits for the lock" .Values.config.lockWaitSeconds .Values.job.activeDeadlineSeconds) }}
 {{- end }}
@@ -115,6 +149,23 @@ empty strings and nulls stay unset) and the database URL source.
     secretKeyRef:
       name: {{ include "schemad.secretName" . }}
       key: {{ $db.secretKey }}
+{{- end }}
+{{- with include "schemad.webhookSecretName" . }}
+{{- $hook := $.Values.notifications.webhook }}
+{{- if $hook.mountAsFile }}
+- name: SCHEMAD_WEBHOOK_URL_FILE
+  value: /var/run/secrets/schemad-webhook/webhook-url
+{{- else }}
+- name: SCHEMAD_WEBHOOK_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ include "schemad.webhookSecretKey" $ }}
+{{- end }}
+- name: SCHEMAD_WEBHOOK_EVENTS
+  value: {{ join "," $hook.events | quote }}
+- name: SCHEMAD_WEBHOOK_TIMEOUT_SECONDS
+  value: {{ $hook.timeoutSeconds | toString | quote }}
 {{- end }}
 {{- range $key := keys .Values.config | sortAlpha }}
 {{- $value := get $.Values.config $key }}
@@ -161,6 +212,11 @@ Volume mounts of a schemad container: /tmp, and the URL file when mounted.
   mountPath: /var/run/secrets/schemad
   readOnly: true
 {{- end }}
+{{- if and .Values.notifications.webhook.mountAsFile (include "schemad.webhookSecretName" .) }}
+- name: schemad-webhook-url
+  mountPath: /var/run/secrets/schemad-webhook
+  readOnly: true
+{{- end }}
 {{- with .Values.extraVolumeMounts }}
 {{ toYaml . }}
 {{- end }}
@@ -185,6 +241,17 @@ schemad.sidecarContainer (it does not render extraVolumes).
     items:
       - key: {{ $ctx.Values.database.secretKey }}
         path: database-url
+{{- end }}
+{{- if $ctx.Values.notifications.webhook.mountAsFile }}
+{{- with include "schemad.webhookSecretName" $ctx }}
+- name: schemad-webhook-url
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+    items:
+      - key: {{ include "schemad.webhookSecretKey" $ctx }}
+        path: webhook-url
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -219,6 +286,12 @@ subcommand), name, and probes ("daemon": liveness, readiness and startup;
 name: {{ .name }}
 image: {{ include "schemad.image" $ctx }}
 imagePullPolicy: {{ $values.image.pullPolicy }}
+{{- /* One-shot commands leave a one-line summary there; a crash leaves
+nothing, and Kubernetes then shows the log's tail instead. */}}
+terminationMessagePolicy: FallbackToLogsOnError
+{{- with $values.config.terminationMessagePath }}
+terminationMessagePath: {{ . }}
+{{- end }}
 args:
   {{- toYaml .args | nindent 2 }}
 env:
@@ -271,6 +344,9 @@ command: "wait" (this pod only waits for the schema; the Job migrates) or
 {{- if and (eq .values.mode "job") .values.database.url }}
 {{- fail "schemad.initContainer: with mode=job the chart deletes its own Secret after the hook; give your pods database.existingSecret instead of database.url" }}
 {{- end }}
+{{- if and (eq .values.mode "job") .values.notifications.webhook.url }}
+{{- fail "schemad.initContainer: with mode=job the chart deletes its own Secret after the hook; give your pods notifications.webhook.existingSecret instead of notifications.webhook.url" }}
+{{- end }}
 - {{ include "schemad.container" (dict "ctx" $ctx "name" (printf "schemad-%s" $command) "args" (list $command) "probes" "none") | trim | nindent 2 | trim }}
 {{- end }}
 
@@ -286,6 +362,9 @@ Its port is named schemad-http (config.httpPort; pick one your app does not use)
 {{- $ctx := dict }}{{ include "schemad.callerContext" (dict "out" $ctx "in" .) }}
 {{- if and (eq .values.mode "job") .values.database.url }}
 {{- fail "schemad.sidecarContainer: with mode=job the chart deletes its own Secret after the hook; give your pods database.existingSecret instead of database.url" }}
+{{- end }}
+{{- if and (eq .values.mode "job") .values.notifications.webhook.url }}
+{{- fail "schemad.sidecarContainer: with mode=job the chart deletes its own Secret after the hook; give your pods notifications.webhook.existingSecret instead of notifications.webhook.url" }}
 {{- end }}
 - {{ include "schemad.container" (dict "ctx" $ctx "name" "schemad" "args" (list "run") "probes" "sidecar" "portName" "schemad-http") | trim | nindent 2 | trim }}
 {{- end }}
@@ -333,7 +412,7 @@ Pod template annotations: a checksum of the Secret the chart renders, so a
 changed URL rolls the pods (everything else is in the pod spec itself).
 */}}
 {{- define "schemad.podAnnotations" -}}
-{{- if .Values.database.url }}
+{{- if include "schemad.ownsSecret" . }}
 checksum/secret: {{ include (print .Template.BasePath "/secret.yaml") . | sha256sum }}
 {{- end }}
 {{- with .Values.podAnnotations }}
