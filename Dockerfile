@@ -26,7 +26,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service/ service/
 # A regular (non-editable) install: the final stage copies only the venv.
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir "./[async]" \
     && python -m compileall -q /opt/venv
 
 FROM ${PYTHON_IMAGE}

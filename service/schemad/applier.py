@@ -15,10 +15,12 @@ made in ``configure()`` so that any env.py gets them:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
+from alembic import context as alembic_context
 from alembic.runtime.migration import MigrationStep
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
@@ -73,9 +75,12 @@ class Applied:
 class _Run:
     """The state of one application of a plan: which step, what finished."""
 
-    def __init__(self, observer: StepObserver, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, observer: StepObserver, clock: Callable[[], float], autocommit: Collection[str] = ()
+    ) -> None:
         self.observer = observer
         self.clock = clock
+        self.autocommit = frozenset(autocommit)
         self.env: EnvRun | None = None
         self.stopped = False
         self.current_started = 0.0
@@ -126,7 +131,8 @@ class _Run:
             self.current = step
             self.observer.started(_revision_of(step), _direction_of(step))
             started = self.current_started = self.clock()
-            yield step
+            with self._outside_a_transaction(step):
+                yield step
             done = AppliedStep(
                 revision=_revision_of(step),
                 message=_message_of(step),
@@ -139,6 +145,31 @@ class _Run:
             else:
                 self.applied.append(done)
                 self.observer.committed(done)
+
+    @contextmanager
+    def _outside_a_transaction(self, step: MigrationStep) -> Iterator[None]:
+        """Run a listed revision's function in Alembic's autocommit block.
+
+        Its module's function is swapped for the time of the step, so that a
+        revision nobody may edit (a third-party package's) runs as if it
+        used ``op.get_context().autocommit_block()`` itself.
+        """
+        if _revision_of(step) not in self.autocommit:
+            yield
+            return
+        module = step.revision.module  # type: ignore[attr-defined]
+        name = "upgrade" if step.is_upgrade else "downgrade"
+        original = getattr(module, name)
+
+        def outside(*args: Any, **kwargs: Any) -> Any:
+            with alembic_context.get_context().autocommit_block():
+                return original(*args, **kwargs)
+
+        setattr(module, name, outside)
+        try:
+            yield
+        finally:
+            setattr(module, name, original)
 
     def env_committed(self) -> None:
         """env.py's own transaction committed: its steps are applied now."""
@@ -175,7 +206,8 @@ def apply_plan(
     version_table_schema: str | None,
     observer: StepObserver,
     adopt: Adopter | None = None,
-    explain: Callable[[BaseException, bool], str | None] | None = None,
+    explain: Callable[[BaseException, str | None], str | None] | None = None,
+    autocommit: Collection[str] = (),
     clock: Callable[[], float] = time.monotonic,
 ) -> Applied:
     """Apply ``plan`` on ``connection``, one committed revision at a time.
@@ -193,7 +225,10 @@ def apply_plan(
         adopt: puts schemad's session settings on a connection env.py opened
             itself on the same database.
         explain: the database's reading of a failure (e.g. which safety
-            timeout fired), told whether a revision was running.
+            timeout fired), told which revision was running, if any.
+        autocommit: revisions to run outside a transaction (each statement
+            commits on its own), for statements such as CREATE INDEX
+            CONCURRENTLY in revisions that cannot be edited.
         clock: a monotonic clock, for durations.
 
     Returns:
@@ -209,7 +244,7 @@ def apply_plan(
     """
     if plan.kind not in (PlanKind.UPGRADE, PlanKind.DOWNGRADE):
         return Applied((), stopped=False)
-    run = _Run(observer, clock)
+    run = _Run(observer, clock, autocommit)
     env = EnvRun(
         scripts,
         database,
@@ -228,8 +263,8 @@ def apply_plan(
     except (SchemadError, KeyboardInterrupt):
         raise
     except BaseException as exc:  # a revision's own code may raise anything, sys.exit() too
-        in_revision = run.current is not None
-        raise _failure(run, exc, explain(exc, in_revision) if explain else None) from exc
+        revision = _revision_of(run.current) if run.current is not None else None
+        raise _failure(run, exc, explain(exc, revision) if explain else None) from exc
     finally:
         if connection.in_transaction():
             connection.rollback()

@@ -116,7 +116,7 @@ class App:
     """How the command ended so far, for its termination message."""
 
     @classmethod
-    def build(cls, settings: Settings, out: TextIO) -> App:
+    def build(cls, settings: Settings, out: TextIO, x_args: Sequence[str] = ()) -> App:
         url = settings.url()
         database = Database(
             url,
@@ -128,6 +128,7 @@ class App:
             url,
             alembic_config=settings.alembic_config,
             script_location=settings.script_location,
+            x_args=[*settings.x_arguments(), *x_args],
         )
         identity = load_identity()
         history = (
@@ -173,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"schemad {__version__}")
+    _x_option(parser, "x_before")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _command(
         commands,
@@ -222,11 +224,28 @@ def build_parser() -> argparse.ArgumentParser:
 def _command(
     commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str
 ) -> argparse.ArgumentParser:
-    return commands.add_parser(
+    command = commands.add_parser(
         name,
         help=help,
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _x_option(command, "x_after")
+    return command
+
+
+def _x_option(parser: argparse.ArgumentParser, dest: str) -> None:
+    # Before or after the subcommand: `schemad -x a=1 upgrade` as `alembic -x a=1
+    # upgrade head`, or `schemad upgrade -x a=1`. Two destinations, because a
+    # subcommand's default would overwrite the main parser's value.
+    parser.add_argument(
+        "-x",
+        action="append",
+        dest=dest,
+        default=[],
+        metavar="KEY=VALUE",
+        help="an argument for env.py's context.get_x_argument(), as `alembic -x` "
+        "(repeatable; added to SCHEMAD_X_ARGS)",
     )
 
 
@@ -266,7 +285,8 @@ def _run(args: argparse.Namespace, stdout: TextIO, ending: Ending) -> int:
         return cmd_health(settings)
     app: App | None = None
     try:
-        app = ending.app = App.build(settings, stdout)
+        x_args = [*getattr(args, "x_before", []), *getattr(args, "x_after", [])]
+        app = ending.app = App.build(settings, stdout, x_args)
         code = int(COMMANDS[args.command](app, args))
         ending.summary = app.summary
         return code

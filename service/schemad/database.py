@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from schemad.deadline import StatementGuard, Watchdog, bounded
 from schemad.dialect import Fault, Session, dialect_for
-from schemad.engine import create_engine
+from schemad.engine import create_engine, sync_url
 from schemad.errors import ConfigError, DatabaseUnavailableError, first_line
 from schemad.locks import WaitCallback, held
 from schemad.masking import Secrets
@@ -47,7 +47,9 @@ class Database:
         self.connect_timeout_seconds = connect_timeout_seconds
         self._sleep = sleep
         self._clock = clock
-        self.engine = create_engine(url, self.dialect, connect_timeout_seconds)
+        # The URL as written is shown and handed to env.py; schemad's own
+        # connections use a synchronous driver (asyncpg's is psycopg).
+        self.engine = create_engine(sync_url(url), self.dialect, connect_timeout_seconds)
         self.use_version_table(version_table, version_table_schema)
 
     def use_version_table(self, table: str, schema: str | None) -> None:
@@ -272,20 +274,21 @@ class Database:
             event.remove(conn, "before_cursor_execute", guard.before)
             event.remove(conn, "after_cursor_execute", guard.after)
 
-    def explain_failure(self, exc: BaseException, in_revision: bool = True) -> str | None:
+    def explain_failure(self, exc: BaseException, partial: bool = False) -> str | None:
         """What a failure while migrating means here, beyond the driver's message.
 
-        Where DDL is not transactional, a revision cut off half-way leaves its
-        earlier statements applied; a failure outside any revision does not.
+        ``partial``: the failure cut off a revision whose statements commit one
+        by one (MySQL/MariaDB DDL, or a revision run outside a transaction),
+        so those that ran before it stay applied.
         """
-        timeout = self.dialect.explain_error(exc)
-        if self.transactional_ddl or not in_revision:
-            return timeout
-        partial = (
-            "this database cannot roll DDL back, so statements of the revision that "
-            "ran before the failure stay applied: check the schema before running again"
+        explanation = self.dialect.explain_error(exc)
+        if not partial:
+            return explanation
+        stays = (
+            "statements of the revision that ran before the failure stay applied (they "
+            "are not in a transaction): check the schema before running again"
         )
-        return f"{timeout}; {partial}" if timeout else partial
+        return f"{explanation}; {stays}" if explanation else stays
 
     def fault(self, exc: BaseException | None) -> Fault | None:
         """The kind of a driver error, where schemad tells kinds apart."""

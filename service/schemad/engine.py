@@ -34,6 +34,71 @@ TCP_USER_TIMEOUT_SECONDS = 30
 _MYSQL_TLS_QUERY_PREFIXES = ("ssl", "read_default")
 
 
+# schemad's own work (version reads, the lock, history, drift) runs on a
+# synchronous driver; env.py gets the URL as written, async driver and all.
+_SYNC_DRIVERS = {
+    ("postgresql", "asyncpg"): "psycopg",
+    ("postgresql", "psycopg_async"): "psycopg",
+    ("mysql", "aiomysql"): "pymysql",
+    ("mysql", "asyncmy"): "pymysql",
+    ("mariadb", "aiomysql"): "pymysql",
+    ("mariadb", "asyncmy"): "pymysql",
+    ("sqlite", "aiosqlite"): "pysqlite",
+}
+# Query options asyncpg understands that libpq does not, and what they become.
+_ASYNCPG_TO_LIBPQ = {"ssl": "sslmode"}
+_ASYNCPG_ONLY = frozenset(
+    {
+        "prepared_statement_cache_size",
+        "prepared_statement_name_func",
+        "command_timeout",
+        "timeout",
+        "server_settings",
+        "max_cached_statement_lifetime",
+        "max_cacheable_statement_size",
+    }
+)
+# Options an async MySQL driver takes that PyMySQL refuses.
+_ASYNC_MYSQL_ONLY = frozenset({"echo", "loop"})
+# pip packages of drivers SQLAlchemy knows by name, for "install it" messages.
+DRIVER_PACKAGES = {
+    "psycopg": "psycopg[binary]",
+    "psycopg2": "psycopg2-binary",
+    "pg8000": "pg8000",
+    "asyncpg": "asyncpg",
+    "psycopg_async": "psycopg[binary]",
+    "pymysql": "pymysql",
+    "mysqldb": "mysqlclient",
+    "mysqlconnector": "mysql-connector-python",
+    "aiomysql": "aiomysql",
+    "asyncmy": "asyncmy",
+    "aiosqlite": "aiosqlite",
+}
+
+
+def sync_url(url: URL) -> URL:
+    """The URL schemad itself connects with: an async driver's sync sibling.
+
+    Only options the sync driver knows are carried over (asyncpg's ``ssl``
+    becomes libpq's ``sslmode``); the connect timeout and keepalives are
+    schemad's own either way.
+    """
+    backend, driver = url.get_backend_name(), url.get_driver_name()
+    sync = _SYNC_DRIVERS.get((backend, driver))
+    if sync is None:
+        return url
+    query = dict(url.query)
+    if driver == "asyncpg":
+        query = {
+            _ASYNCPG_TO_LIBPQ.get(key, key): value
+            for key, value in query.items()
+            if key not in _ASYNCPG_ONLY
+        }
+    elif backend in ("mysql", "mariadb"):
+        query = {key: value for key, value in query.items() if key not in _ASYNC_MYSQL_ONLY}
+    return url.set(drivername=f"{backend}+{sync}", query=query)
+
+
 def instance_name() -> str:
     """Who we are, as other instances will see it: host (pod) and pid."""
     return f"schemad:{socket.gethostname()}:{os.getpid()}"
@@ -50,9 +115,11 @@ def create_engine(url: URL, dialect: Dialect, connect_timeout_seconds: float) ->
             url, connect_args=dialect.connect_args(url, connect_timeout_seconds)
         )
     except (NoSuchModuleError, ImportError) as exc:
+        package = DRIVER_PACKAGES.get(url.get_driver_name())
+        install = f"install it (pip install {package}) or " if package else ""
         raise ConfigError(
             f"SCHEMAD_DATABASE_URL={url.render_as_string(hide_password=True)}: the "
-            f"driver '{url.drivername}' is not available ({exc}); use "
+            f"driver '{url.drivername}' is not available ({exc}); {install}use "
             "postgresql+psycopg://, mysql+pymysql:// or sqlite:///",
             variable="SCHEMAD_DATABASE_URL",
         ) from exc

@@ -172,7 +172,7 @@ class History:
                     self._add_missing_columns(conn, inspector)
                 conn.commit()
         except SQLAlchemyError as exc:
-            advice = self.database.explain_failure(exc, in_revision=False) or (
+            advice = self.database.explain_failure(exc) or (
                 "grant schemad CREATE on the database or create the table by hand"
             )
             raise DatabaseUnavailableError(

@@ -94,12 +94,17 @@ class Journal(NullJournal):
         log: Any,
         redact: Callable[[str], str],
         stop: Callable[[], bool] | None = None,
+        outside_transactions: Callable[[str], bool] | None = None,
     ) -> None:
         super().__init__(run_id, log=log, stop=stop)
         self.history = history
         self._scripts = scripts
         self._redact = redact
-        self._mark_started = not history.database.transactional_ddl
+        # A revision whose statements commit one by one is marked started, so
+        # that one cut off half-way is told apart from one never begun.
+        self._mark_started = outside_transactions or (
+            lambda _revision: not history.database.transactional_ddl
+        )
         self._started: dict[str, tuple[int, Direction]] = {}
         # Rows of revisions applied before the table's schema existed.
         self._unwritten: list[Entry] = []
@@ -154,7 +159,7 @@ class Journal(NullJournal):
     def started(self, revision: str, direction: Direction) -> None:
         # Only where DDL is not transactional: there a revision cut off half-way
         # may have left changes behind, and this row is how the next pass knows.
-        if not self._mark_started or revision in self._started or self._deferred:
+        if not self._mark_started(revision) or revision in self._started or self._deferred:
             return
         entry = self._entry(revision, direction, HistoryOutcome.STARTED, finished=False)
         try:
@@ -177,7 +182,7 @@ class Journal(NullJournal):
         started = self._started.pop(revision, None)
         started_id = started[0] if started else None
         self._write(lambda: self.history.record_in(conn, entry, started_id=started_id), 1)
-        if following is not None and self._mark_started:
+        if following is not None and self._mark_started(following):
             # The next revision's "started" mark commits with this one.
             mark = self._entry(following, direction, HistoryOutcome.STARTED, finished=False)
             try:

@@ -9,6 +9,7 @@ a processor that masks the database password.
 from __future__ import annotations
 
 import logging
+import logging.config
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -120,7 +121,15 @@ def configure(
 
 @contextmanager
 def preserved() -> Iterator[None]:
-    """Undo a project env.py's ``fileConfig()`` once it has run."""
+    """Keep schemad's logging while a project's env.py runs.
+
+    Every Alembic template calls ``fileConfig(config.config_file_name)``,
+    which would replace the handlers (Alembic's own lines would no longer be
+    JSON) and disable every logger that exists (schemad's own events would
+    be lost until it ended). While env.py runs, ``logging.config.fileConfig``
+    does nothing; afterwards, whatever env.py changed by other means is put
+    back.
+    """
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     disabled = {
@@ -128,14 +137,21 @@ def preserved() -> Iterator[None]:
         for name, logger in logging.Logger.manager.loggerDict.items()
         if isinstance(logger, logging.Logger)
     }
+    file_config = logging.config.fileConfig
+    logging.config.fileConfig = _ignored_file_config
     try:
         yield
     finally:
+        logging.config.fileConfig = file_config
         root.handlers = handlers
         root.setLevel(level)
         for name, logger in logging.Logger.manager.loggerDict.items():
             if isinstance(logger, logging.Logger):
                 logger.disabled = disabled.get(name, False)
+
+
+def _ignored_file_config(fname: Any, *_args: Any, **_kwargs: Any) -> None:
+    get_logger("schemad.env").debug("env_logging_ignored", config_file=str(fname))
 
 
 def get_logger(name: str = "schemad") -> Any:

@@ -238,8 +238,9 @@ def _interrupted(plan: Plan, revisions: list[str]) -> Plan:
         plan.steps,
         reason=RefusalReason.INTERRUPTED_REVISION,
         message=(
-            f"revision {first} was interrupted while being applied, and this database "
-            "cannot roll DDL back: some of its changes may be in place although the "
+            f"revision {first} was interrupted while being applied, and its statements "
+            "commit one by one (MySQL/MariaDB DDL, or SCHEMAD_AUTOCOMMIT_REVISIONS): some "
+            "of its changes may be in place although the "
             f"version table still says {_fmt(plan.current)}. Compare the schema with "
             f"{first}'s upgrade(); then either finish it by hand and run `alembic stamp "
             f"{first}`, or undo its partial changes and set "

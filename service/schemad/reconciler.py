@@ -110,7 +110,7 @@ class DatabaseLike(Protocol):
 
     def make_durable(self, conn: Connection) -> None: ...
 
-    def explain_failure(self, exc: BaseException, in_revision: bool = True) -> str | None: ...
+    def explain_failure(self, exc: BaseException, partial: bool = False) -> str | None: ...
 
     def fault(self, exc: BaseException | None) -> Fault | None: ...
 
@@ -257,6 +257,13 @@ class Reconciler:
                 "name the revision the interrupted_revision refusal names, or unset it",
                 variable="SCHEMAD_RETRY_INTERRUPTED",
             )
+        unknown = sorted(self.settings.autocommit_revision_ids() - set(loaded.graph.revisions))
+        if unknown:
+            raise ConfigError(
+                f"SCHEMAD_AUTOCOMMIT_REVISIONS names {', '.join(unknown)}, which the migrations "
+                "do not contain; list full revision ids (`alembic history` shows them)",
+                variable="SCHEMAD_AUTOCOMMIT_REVISIONS",
+            )
         if current is not None:
             self._log.info(
                 "scripts_reloaded",
@@ -322,7 +329,7 @@ class Reconciler:
         Raises:
             ScriptError, DatabaseUnavailableError: as their names say.
         """
-        if self.database.transactional_ddl:
+        if self.database.transactional_ddl and not self.settings.autocommit_revision_ids():
             return self.inspect()
         inspection = self.inspect(locked=self.database.lock_holder() is None)
         if (
@@ -358,10 +365,13 @@ class Reconciler:
     def _interrupted(self, state: DbState, reads: _Reads) -> frozenset[str]:
         """Revisions cut off half-way, read afresh: another instance may have
         marked one while we waited for the lock."""
-        if self.history is None or self.database.transactional_ddl:
+        autocommit = self.settings.autocommit_revision_ids()
+        if self.history is None or (self.database.transactional_ddl and not autocommit):
             return frozenset()
         found = reads.snapshot(state.heads, fresh=True).interrupted
-        return found - {self.settings.retry_interrupted}
+        return frozenset(r for r in found if self._outside_transactions(r)) - {
+            self.settings.retry_interrupted
+        }
 
     def _tampered(self, scripts: Scripts, state: DbState, reads: _Reads) -> tuple[Tampered, ...]:
         if self.history is None:
@@ -480,6 +490,7 @@ class Reconciler:
             log=self._log,
             redact=self.database.redact,
             stop=self._should_stop,
+            outside_transactions=self._outside_transactions,
         )
 
     def _look_then_lock(self, scripts: Scripts, run: _Pass) -> Outcome:
@@ -573,8 +584,9 @@ class Reconciler:
         observer: StepObserver,
         watchdogs: StatementGuard,
     ) -> Applied:
-        def explain(exc: BaseException, in_revision: bool) -> str | None:
-            return watchdogs.explain() or self.database.explain_failure(exc, in_revision)
+        def explain(exc: BaseException, revision: str | None) -> str | None:
+            partial = revision is not None and self._outside_transactions(revision)
+            return watchdogs.explain() or self.database.explain_failure(exc, partial)
 
         return self._apply(
             scripts,
@@ -587,7 +599,16 @@ class Reconciler:
             observer=observer,
             adopt=self._adopter(watchdogs),
             explain=explain,
+            autocommit=self.settings.autocommit_revision_ids(),
             clock=self._clock,
+        )
+
+    def _outside_transactions(self, revision: str) -> bool:
+        """Whether a revision's statements commit one by one: on MySQL/MariaDB,
+        or when SCHEMAD_AUTOCOMMIT_REVISIONS lists it."""
+        return (
+            not self.database.transactional_ddl
+            or revision in self.settings.autocommit_revision_ids()
         )
 
     def _adopter(self, guard: StatementGuard) -> Adopter:

@@ -11,8 +11,10 @@ import configparser
 import hashlib
 import os
 import time
+import tomllib
 import warnings
-from collections.abc import Mapping
+from argparse import Namespace
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,9 @@ from schemad.errors import ConfigError, ScriptError, first_line
 from schemad.model import Graph, Revision, Target
 
 DEFAULT_SCRIPT_LOCATION = "migrations"
+# Given to Alembic when the project has no alembic.ini, so that an env.py
+# calling fileConfig(config.config_file_name) finds a file (see logs.preserved).
+FALLBACK_INI = Path(__file__).with_name("fallback.ini")
 
 
 @dataclass(frozen=True)
@@ -47,30 +52,44 @@ class Scripts:
         return resolve_target(self.directory, spec)
 
 
-def make_config(url: URL, *, alembic_config: Path | None, script_location: str | None) -> Config:
+def make_config(
+    url: URL,
+    *,
+    alembic_config: Path | None,
+    script_location: str | None,
+    x_args: Sequence[str] = (),
+) -> Config:
     """Build the Alembic Config that schemad runs the project's env.py with.
 
+    The project's configuration is read as Alembic reads it: an ``alembic.ini``,
+    a ``pyproject.toml`` with ``[tool.alembic]``, or both side by side
+    (``SCHEMAD_ALEMBIC_CONFIG`` names either; unset, the working directory's
+    are used when present). Relative paths in them (``script_location``,
+    ``version_locations``, ``prepend_sys_path``) are taken relative to the
+    file that holds them, so schemad finds the same directories from any
+    working directory. ``x_args`` reach env.py as ``alembic -x`` does.
+
     Raises:
-        ConfigError: the named alembic.ini does not exist.
+        ConfigError: the named file does not exist or cannot be read.
     """
-    if alembic_config is not None:
-        if not alembic_config.is_file():
-            raise ConfigError(
-                f"SCHEMAD_ALEMBIC_CONFIG={alembic_config}: no such file; point it at "
-                "the project's alembic.ini or unset it and set SCHEMAD_SCRIPT_LOCATION",
-                variable="SCHEMAD_ALEMBIC_CONFIG",
-            )
-        config = Config(str(alembic_config))
-    else:
-        config = Config()
+    ini, toml = _config_files(alembic_config)
+    config = Config(
+        file_=ini or FALLBACK_INI,
+        toml_file=toml,
+        cmd_opts=Namespace(x=list(x_args) or None),
+    )
     try:
-        if script_location is not None or alembic_config is None:
-            location = script_location or DEFAULT_SCRIPT_LOCATION
-            config.set_main_option("script_location", location.replace("%", "%%"))
+        home = (ini or toml).parent if (ini or toml) else None  # type: ignore[union-attr]
+        if home is not None:
+            _anchor_paths(config, home, script_location=script_location is None)
+        if script_location is not None:
+            config.set_main_option("script_location", _escaped(script_location))
+        elif config.get_alembic_option("script_location") is None:
+            config.set_main_option("script_location", DEFAULT_SCRIPT_LOCATION)
         # set_main_option interpolates '%': a URL-encoded password must be escaped.
         plain = url.render_as_string(hide_password=False)
-        config.set_main_option("sqlalchemy.url", plain.replace("%", "%%"))
-        config.get_main_option("script_location")  # reads (and interpolates) the file now
+        config.set_main_option("sqlalchemy.url", _escaped(plain))
+        config.get_alembic_option("script_location")  # reads (and interpolates) the files now
     except configparser.Error as exc:
         raise _ini_problem(config, exc) from exc
     except UnicodeDecodeError as exc:
@@ -79,8 +98,70 @@ def make_config(url: URL, *, alembic_config: Path | None, script_location: str |
             f"({exc.reason} at byte {exc.start}); point it at the project's alembic.ini",
             variable="SCHEMAD_ALEMBIC_CONFIG",
         ) from exc
+    except (tomllib.TOMLDecodeError, CommandError) as exc:
+        raise ConfigError(
+            f"SCHEMAD_ALEMBIC_CONFIG={toml}: {first_line(exc, with_type=False)}; fix its "
+            "[tool.alembic] table",
+            variable="SCHEMAD_ALEMBIC_CONFIG",
+        ) from exc
     config.attributes["schemad"] = True
     return config
+
+
+def _config_files(named: Path | None) -> tuple[Path | None, Path | None]:
+    """The ini and the pyproject.toml to read, as Alembic would pair them."""
+    if named is None:
+        ini, toml = Path("alembic.ini"), Path("pyproject.toml")
+        return (ini.absolute() if ini.is_file() else None), _with_alembic_table(toml)
+    if not named.is_file():
+        raise ConfigError(
+            f"SCHEMAD_ALEMBIC_CONFIG={named}: no such file; point it at the project's "
+            "alembic.ini or pyproject.toml, or unset it and set SCHEMAD_SCRIPT_LOCATION",
+            variable="SCHEMAD_ALEMBIC_CONFIG",
+        )
+    named = named.absolute()
+    if named.suffix == ".toml":
+        beside = named.with_name("alembic.ini")
+        return (beside if beside.is_file() else None), named
+    return named, _with_alembic_table(named.with_name("pyproject.toml"))
+
+
+def _with_alembic_table(toml: Path) -> Path | None:
+    """``toml`` if it is a pyproject.toml with a ``[tool.alembic]`` table."""
+    if not toml.is_file():
+        return None
+    try:
+        with toml.open("rb") as handle:
+            data = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError):
+        return None  # not Alembic's: a broken pyproject.toml of another tool
+    return toml.absolute() if "alembic" in data.get("tool", {}) else None
+
+
+def _anchor_paths(config: Config, base: Path, *, script_location: bool) -> None:
+    """Relative script, version and sys.path entries, anchored at the config file."""
+    location = config.get_alembic_option("script_location")
+    if script_location and location is not None and _relative_path(location):
+        config.set_main_option("script_location", _escaped(str(base / location)))
+    for option, read in (
+        ("version_locations", config.get_version_locations_list),
+        ("prepend_sys_path", config.get_prepend_sys_paths_list),
+    ):
+        entries = read()
+        if entries:
+            anchored = [str(base / e) if _relative_path(e) else e for e in entries]
+            config.set_main_option(option, _escaped("\n".join(anchored)))
+    # The entries just written are one per line, whatever the files used.
+    config.set_main_option("path_separator", "newline")
+
+
+def _relative_path(location: str) -> bool:
+    """A relative filesystem path (not ``package:resource``, not absolute)."""
+    return ":" not in location and not os.path.isabs(location)
+
+
+def _escaped(value: str) -> str:
+    return value.replace("%", "%%")
 
 
 def load_scripts(config: Config) -> Scripts:
@@ -119,7 +200,7 @@ def load_scripts(config: Config) -> Scripts:
             "(try `alembic history` to see the same error)"
         ) from exc
     # Taken after loading: importing the revisions may create versions/__pycache__.
-    fingerprint = scripts_fingerprint(config)
+    fingerprint = scripts_fingerprint(directory)
     return Scripts(config, directory, graph, fingerprint, loaded_at_ns, checksums)
 
 
@@ -165,22 +246,27 @@ def _require_env_py(directory: ScriptDirectory) -> None:
         raise ScriptError(f"cannot read {path}: {first_line(exc)}") from exc
 
 
-def scripts_fingerprint(config: Config) -> tuple[tuple[str, int], ...]:
-    """Modification times of the migrations directory and its subdirectories.
+def scripts_fingerprint(directory: ScriptDirectory) -> tuple[tuple[str, int], ...]:
+    """Modification times of the migrations directory, every version location
+    and their subdirectories.
 
     Adding, removing or renaming a revision file (and Kubernetes' symlink swap
     when a mounted ConfigMap changes) updates its directory's mtime, so a
     no-op pass costs a few ``stat`` calls however many revisions there are.
     Revision files are not expected to change in place once applied.
     """
-    root = _script_root(config)
+    roots: list[str] = []
+    for root in (str(directory.dir), *map(str, directory._version_locations)):
+        if not any(root == seen or root.startswith(seen + os.sep) for seen in roots):
+            roots.append(root)
     entries = []
-    for directory, subdirs, _files in os.walk(root):
-        subdirs[:] = sorted(d for d in subdirs if d != "__pycache__")
-        try:
-            entries.append((directory, os.stat(directory).st_mtime_ns))
-        except OSError:
-            continue
+    for root in roots:
+        for path, subdirs, _files in os.walk(root):
+            subdirs[:] = sorted(d for d in subdirs if d != "__pycache__")
+            try:
+                entries.append((path, os.stat(path).st_mtime_ns))
+            except OSError:
+                continue
     return tuple(entries)
 
 
@@ -201,15 +287,6 @@ def fingerprint_changed(
         except OSError:
             return True
     return False
-
-
-def _script_root(config: Config) -> Path:
-    root = Path(config.get_main_option("script_location") or DEFAULT_SCRIPT_LOCATION)
-    if not root.is_absolute() and config.config_file_name:
-        candidate = Path(config.config_file_name).parent / root
-        if candidate.exists():
-            return candidate
-    return root
 
 
 def resolve_target(directory: ScriptDirectory, spec: str) -> Target:
@@ -268,8 +345,9 @@ def _script_problem(config: Config, exc: CommandError) -> str:
         )
     if "script_location" in text:
         return (
-            f"{config.config_file_name} has no script_location in its [alembic] section; "
-            "add it, or set SCHEMAD_SCRIPT_LOCATION to the migrations directory"
+            f"{config.config_file_name} has no script_location in its [alembic] section "
+            "(nor pyproject.toml in [tool.alembic]); add it, or set SCHEMAD_SCRIPT_LOCATION "
+            "to the migrations directory"
         )
     return (
         f"cannot load the migration scripts in {_location(config)}: {text}; fix the "
@@ -278,4 +356,4 @@ def _script_problem(config: Config, exc: CommandError) -> str:
 
 
 def _location(config: Config) -> str:
-    return config.get_main_option("script_location") or DEFAULT_SCRIPT_LOCATION
+    return config.get_alembic_option("script_location") or DEFAULT_SCRIPT_LOCATION

@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     """Name of the history table (in the version table's schema)."""
     on_tamper: Literal["warn", "block"] = "warn"
     """When an applied revision's file changed: warn, or also block upgrades."""
+    x_args: str | None = None
+    """`-x` arguments for env.py, comma-separated: tenant=acme,dry=1 (as `alembic -x`)."""
+    autocommit_revisions: str | None = None
+    """Revisions to run outside a transaction (CREATE INDEX CONCURRENTLY ...), comma-separated."""
     retry_interrupted: str | None = None
     """A revision cut off half-way on MySQL/MariaDB, cleaned up by hand: apply it again."""
     drift_interval_seconds: Interval | None = None
@@ -155,6 +159,38 @@ class Settings(BaseSettings):
     @classmethod
     def _lowercase(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("x_args")
+    @classmethod
+    def _x_args_are_listed(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        entries = [entry.strip() for entry in value.split(",")]
+        if any(not entry for entry in entries):
+            raise ValueError("expected key=value pairs separated by commas, e.g. tenant=acme")
+        return ",".join(entries)
+
+    @field_validator("autocommit_revisions")
+    @classmethod
+    def _revisions_are_listed(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        entries = [entry.strip() for entry in value.split(",")]
+        if any(not entry or any(ch.isspace() for ch in entry) for entry in entries):
+            raise ValueError("expected revision ids separated by commas, e.g. 3f2a9c,9c1e04")
+        return ",".join(entries)
+
+    def autocommit_revision_ids(self) -> frozenset[str]:
+        """The revisions that run outside a transaction."""
+        return (
+            frozenset(self.autocommit_revisions.split(","))
+            if self.autocommit_revisions
+            else frozenset()
+        )
+
+    def x_arguments(self) -> list[str]:
+        """The `-x` arguments env.py reads with context.get_x_argument()."""
+        return self.x_args.split(",") if self.x_args else []
 
     @field_validator("schedule")
     @classmethod

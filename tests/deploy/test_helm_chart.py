@@ -40,7 +40,8 @@ SCENARIOS = sorted(
 )
 URL = "postgresql+psycopg://app:s3cret@db:5432/app"
 # Where the chart's default deliberately differs from schemad's own (values.yaml says why).
-CHART_DEFAULTS = {"lock_wait_seconds": 180.0, "log_format": "json"}
+# The chart leaves the version table unset, so that schemad follows env.py.
+CHART_DEFAULTS = {"lock_wait_seconds": 180.0, "log_format": "json", "version_table": None}
 # Settings that come from `database` and `notifications.webhook`, not from `config`.
 URL_SETTINGS = {"database_url", "database_url_file"}
 WEBHOOK_SETTINGS = {"webhook_url", "webhook_url_file", "webhook_events", "webhook_timeout_seconds"}
