@@ -14,6 +14,7 @@ made in ``configure()`` so that any env.py gets them:
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
@@ -150,26 +151,25 @@ class _Run:
     def _outside_a_transaction(self, step: MigrationStep) -> Iterator[None]:
         """Run a listed revision's function in Alembic's autocommit block.
 
-        Its module's function is swapped for the time of the step, so that a
-        revision nobody may edit (a third-party package's) runs as if it
-        used ``op.get_context().autocommit_block()`` itself.
+        The step's function is swapped for the time of the step, so that a
+        revision nobody may edit (a third-party package's) runs as if it used
+        ``op.get_context().autocommit_block()`` itself.
         """
         if _revision_of(step) not in self.autocommit:
             yield
             return
-        module = step.revision.module  # type: ignore[attr-defined]
-        name = "upgrade" if step.is_upgrade else "downgrade"
-        original = getattr(module, name)
+        original = step.migration_fn
 
+        @functools.wraps(original)
         def outside(*args: Any, **kwargs: Any) -> Any:
             with alembic_context.get_context().autocommit_block():
                 return original(*args, **kwargs)
 
-        setattr(module, name, outside)
+        step.migration_fn = outside
         try:
             yield
         finally:
-            setattr(module, name, original)
+            step.migration_fn = original
 
     def env_committed(self) -> None:
         """env.py's own transaction committed: its steps are applied now."""

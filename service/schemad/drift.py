@@ -10,7 +10,6 @@ dropped afterwards, whatever happens.
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
@@ -19,18 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 
 from schemad import logs
 from schemad.database import Database
+from schemad.environment import EnvRun, run_env
 from schemad.errors import (
     DatabaseUnavailableError,
     DriftPermissionError,
     MigrationFailedError,
+    SchemadError,
+    first_line,
 )
-from schemad.revisions import Scripts, make_config
+from schemad.revisions import Scripts
 
 SCRATCH_PREFIX = "schemad_scratch_"
 # The scratch database is migrated by env.py alone, which keeps Alembic's default
@@ -205,29 +206,54 @@ class DriftChecker:
         return DriftReport(heads, compare(expected, live))
 
     def _migrate(self, scripts: Scripts, scratch: Database, heads: tuple[str, ...]) -> None:
-        # The scratch URL goes into sqlalchemy.url too: an env.py that ignores
-        # the connection we pass must still never touch the live database.
-        config = make_config(
-            scratch.url,
-            alembic_config=_config_file(scripts),
-            script_location=scripts.config.get_main_option("script_location"),
-        )
+        """Run the migrations into ``scratch`` up to ``heads``, through env.py.
+
+        env.py gets the scratch connection and the scratch URL as
+        ``sqlalchemy.url``; a connection of its own to any other database is
+        refused before Alembic uses it, so drift never changes the live
+        database (or another one env.py knows).
+        """
+        config = scripts.config
+        live_url = config.get_main_option("sqlalchemy.url")
+        plain = scratch.url.render_as_string(hide_password=False).replace("%", "%%")
+        config.set_main_option("sqlalchemy.url", plain)
         try:
-            with scratch.connect() as conn, logs.preserved():
-                config.attributes["connection"] = conn
+            with scratch.connect() as conn:
                 for head in heads:
-                    command.upgrade(config, head)
-                conn.commit()
+                    self._upgrade(scripts, scratch, conn, head)
+                if conn.in_transaction():
+                    conn.commit()
+        except (SchemadError, KeyboardInterrupt):
+            raise
         except SQLAlchemyError as exc:
             raise DatabaseUnavailableError(
                 f"cannot migrate the scratch database: {self.database.describe(exc)}"
             ) from exc
-        except Exception as exc:  # the project's own migration code
+        except BaseException as exc:  # the project's own migration code
             raise MigrationFailedError(
-                f"the migrations failed in the scratch database: {type(exc).__name__}: "
-                f"{self.database.redact(str(exc))}",
+                "the migrations failed in the scratch database: "
+                f"{self.database.redact(first_line(exc))}",
                 revision=None,
             ) from exc
+        finally:
+            config.set_main_option("sqlalchemy.url", (live_url or "").replace("%", "%%"))
+
+    def _upgrade(self, scripts: Scripts, scratch: Database, conn: sa.Connection, head: str) -> None:
+        directory = scripts.directory
+        run = EnvRun(
+            scripts,
+            scratch,
+            conn,
+            self.database.version_table,
+            None,
+            explicit=False,
+            strict=True,
+        )
+        environment = run.environment(
+            fn=lambda current, _context: directory._upgrade_revs(head, current),
+            destination_rev=head,
+        )
+        run_env(run, environment)
 
     @contextlib.contextmanager
     def _scratch(self) -> Iterator[Database]:
@@ -290,11 +316,6 @@ def _like(database: Database, url: URL) -> Database:
         version_table_schema=database.version_table_schema,
         connect_timeout_seconds=database.connect_timeout_seconds,
     )
-
-
-def _config_file(scripts: Scripts) -> Path | None:
-    name = scripts.config.config_file_name
-    return Path(name) if name and os.path.isfile(name) else None
 
 
 def _no_privilege(exc: SQLAlchemyError) -> bool:

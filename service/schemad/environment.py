@@ -97,6 +97,9 @@ class EnvRun:
     adopt: Adopter | None = None
     on_version_apply: Callable[..., None] | None = None
     dont_mutate: bool = False
+    strict: bool = False
+    """Refuse any connection that is not on the database, before Alembic uses it
+    (drift: env.py must never reach beyond the scratch database)."""
     calls: list[_Configured] = field(default_factory=list)
 
     def environment(self, **kwargs: Any) -> EnvironmentContext:
@@ -200,6 +203,14 @@ class EnvRun:
             primary=primary,
             external_transaction=external,
         )
+        if self.strict and not primary:
+            raise ConfigError(
+                f"env.py migrates a database other than {self.database.masked_url} (it "
+                "opens a connection of its own, from its own URL), so schemad does not "
+                "run it there; make env.py use config.attributes['connection'] or "
+                "sqlalchemy.url",
+                variable="SCHEMAD_DATABASE_URL",
+            )
         self.calls.append(call)
         return call
 
