@@ -559,6 +559,31 @@ CASES: dict[str, Case] = {
     ),
     # 69: the database cannot be reached or read
     "postgres-closed-port": Case(69, "Connection refused", url_only(CLOSED_POSTGRES)),
+    **{
+        f"async-url-closed-port-{driver.split('+')[1]}": Case(
+            69,
+            f"cannot connect to {driver}://app:***@127.0.0.1:1/app",
+            url_only(f"{driver}://app:{QUOTED}@127.0.0.1:1/app"),
+        )
+        for driver in (
+            "postgresql+asyncpg",
+            "postgresql+psycopg_async",
+            "mysql+aiomysql",
+            "mysql+asyncmy",
+        )
+    },
+    "async-url-sqlite-dir-missing": Case(
+        69,
+        "unable to open database file",
+        lambda ctx: ctx.settings(
+            ctx.project(), database_url=f"sqlite+aiosqlite:///{ctx.tmp}/missing/app.db"
+        ),
+    ),
+    "unsupported-dialect-mssql": Case(
+        78,
+        "database 'mssql' is not supported",
+        url_only(f"mssql+pyodbc://app:{QUOTED}@db/app"),
+    ),
     "password-in-query": Case(
         69,
         "cannot connect to postgresql+psycopg://app:***@127.0.0.1:1/app",
