@@ -44,7 +44,10 @@ COPY migrations/ /app/migrations/
 # Bytecode is compiled here because the container cannot write it at run time
 # (read-only root, PYTHONDONTWRITEBYTECODE): without it every revision file is
 # compiled again on each start.
-RUN /opt/venv/bin/python -m compileall -q /app/migrations
+# The graph index lets a command with nothing to do (every init container and
+# pod start) decide without importing Alembic or the revisions.
+RUN /opt/venv/bin/python -m compileall -q /app/migrations \
+    && SCHEMAD_SCRIPT_LOCATION=/app/migrations /opt/venv/bin/schemad index
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

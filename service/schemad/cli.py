@@ -19,10 +19,9 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from schemad import __version__, logs
-from schemad.applier import render_sql
 from schemad.database import Database
 from schemad.documents import plan_document, status_document
 from schemad.errors import (
@@ -30,10 +29,13 @@ from schemad.errors import (
     DatabaseUnavailableError,
     PlanRejectedError,
     SchemadError,
+    ScriptError,
     WaitTimeoutError,
     first_line,
 )
 from schemad.history import History
+from schemad.index import IndexedScripts, script_directory, static_layout
+from schemad.index import load as load_index
 from schemad.masking import Secrets
 from schemad.model import Inspection, LockHolder, Outcome, Plan, PlanKind, RefusalReason, Result
 from schemad.notices import (
@@ -45,7 +47,6 @@ from schemad.notices import (
     termination_message,
 )
 from schemad.reconciler import Reconciler
-from schemad.revisions import make_config
 from schemad.settings import (
     Settings,
     load_identity,
@@ -55,6 +56,11 @@ from schemad.settings import (
     unknown_variables,
 )
 from schemad.webhook import Notifier
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+
+    from schemad.revisions import Scripts
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -116,7 +122,14 @@ class App:
     """How the command ended so far, for its termination message."""
 
     @classmethod
-    def build(cls, settings: Settings, out: TextIO, x_args: Sequence[str] = ()) -> App:
+    def build(
+        cls,
+        settings: Settings,
+        out: TextIO,
+        x_args: Sequence[str] = (),
+        *,
+        use_index: bool = True,
+    ) -> App:
         url = settings.url()
         database = Database(
             url,
@@ -124,12 +137,8 @@ class App:
             version_table_schema=settings.version_table_schema,
             connect_timeout_seconds=settings.connect_timeout_seconds,
         )
-        config = make_config(
-            url,
-            alembic_config=settings.alembic_config,
-            script_location=settings.script_location,
-            x_args=[*settings.x_arguments(), *x_args],
-        )
+        full_load = _full_loader(settings, url, [*settings.x_arguments(), *x_args])
+        indexed = _indexed_loader(settings, full_load) if use_index else None
         identity = load_identity()
         history = (
             History(
@@ -141,7 +150,13 @@ class App:
             if settings.history_enabled
             else None
         )
-        reconciler = Reconciler(settings, database, config, history=history)
+        reconciler = Reconciler(
+            settings,
+            database,
+            indexed or full_load,
+            full_load=full_load if indexed else None,
+            history=history,
+        )
         notifier = Notifier.build(
             settings, database=database.masked_url, identity=identity, secrets=database.secrets
         )
@@ -151,6 +166,49 @@ class App:
         """Wait (bounded) for webhook deliveries, then let the database go."""
         self.notifier.close()
         self.database.dispose()
+
+
+def _full_loader(settings: Settings, url: URL, x_args: Sequence[str]) -> Callable[[], Scripts]:
+    """Loads the scripts through Alembic (imported only when called)."""
+
+    def load() -> Scripts:
+        from schemad.revisions import load_scripts, make_config
+
+        config = make_config(
+            url,
+            alembic_config=settings.alembic_config,
+            script_location=settings.script_location,
+            x_args=x_args,
+        )
+        return load_scripts(config)
+
+    return load
+
+
+def _indexed_loader(
+    settings: Settings, full_load: Callable[[], Scripts]
+) -> Callable[[], Scripts | IndexedScripts] | None:
+    """Loads the scripts from the graph index while it is fresh, else through Alembic;
+    None when this project cannot have an index schemad can use."""
+    directory = script_directory(
+        alembic_config=settings.alembic_config, script_location=settings.script_location
+    )
+    if directory is None:
+        return None
+    explicit = bool({"version_table", "version_table_schema"} & settings.model_fields_set)
+
+    def load() -> Scripts | IndexedScripts:
+        indexed = load_index(
+            directory,
+            version_table=settings.version_table,
+            version_table_schema=settings.version_table_schema,
+            explicit=explicit,
+        )
+        if indexed is None or not indexed.can_resolve(settings.target_revision):
+            return full_load()
+        return indexed
+
+    return load
 
 
 @dataclass
@@ -218,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
         "wait",
         "block until the database is at (or past) the target; someone else migrates",
     )
+    _command(
+        commands,
+        "index",
+        "write the graph index into the migrations directory (image build time), so "
+        "commands with nothing to do never load Alembic",
+    )
     return parser
 
 
@@ -283,6 +347,14 @@ def _run(args: argparse.Namespace, stdout: TextIO, ending: Ending) -> int:
         log.warning("setting_unknown", detail=warning)
     if args.command == "health":
         return cmd_health(settings)
+    if args.command == "index":
+        try:
+            return cmd_index(settings, stdout)
+        except SchemadError as exc:
+            log.error(
+                "command_failed", command="index", error=exc.message, exit_code=exit_code(exc)
+            )
+            return exit_code(exc)
     app: App | None = None
     try:
         x_args = [*getattr(args, "x_before", []), *getattr(args, "x_after", [])]
@@ -369,8 +441,10 @@ def cmd_plan(app: App, args: argparse.Namespace) -> int:
     if args.sql:
         if plan.kind is PlanKind.REFUSED:
             raise PlanRejectedError(plan.message, reason=_reason(plan))
+        from schemad.applier import render_sql  # Alembic's offline mode
+
         render_sql(
-            app.reconciler.scripts(),
+            app.reconciler.full_scripts(),
             plan,
             app.settings.target_revision,
             app.out,
@@ -500,6 +574,44 @@ def cmd_run(app: App, _args: argparse.Namespace) -> int:
         sys.stderr.flush()
         sys.stdout.flush()
         os._exit(EXIT_INTERNAL)
+    return EXIT_OK
+
+
+def cmd_index(settings: Settings, out: TextIO) -> int:
+    """Write the graph index; needs the migrations, not the database.
+
+    Raises:
+        ScriptError: the scripts cannot be loaded, or the index not written.
+        ConfigError: the project's configuration cannot be read.
+    """
+    from schemad.revisions import build_index, load_scripts, make_config
+
+    config = make_config(
+        None,
+        alembic_config=settings.alembic_config,
+        script_location=settings.script_location,
+        x_args=settings.x_arguments(),
+    )
+    scripts = load_scripts(config)
+    try:
+        path = build_index(scripts)
+    except OSError as exc:
+        raise ScriptError(
+            f"cannot write the index into {scripts.directory.dir}: {exc.strerror or exc}; run "
+            "`schemad index` where the migrations directory is writable (the image build)"
+        ) from exc
+    fast = static_layout(Path(scripts.directory.env_py_location)) is not None
+    out.write(
+        f"{path}: {len(scripts.graph.revisions)} revision(s), head(s) "
+        f"{', '.join(scripts.graph.heads)}; "
+        + (
+            "env.py names its version table plainly: commands with nothing to do will "
+            "not load Alembic\n"
+            if fast
+            else "env.py computes its version table (e.g. from -x): commands still run "
+            "env.py first\n"
+        )
+    )
     return EXIT_OK
 
 

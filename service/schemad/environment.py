@@ -46,6 +46,7 @@ from schemad.errors import (
     ScriptError,
     first_line,
 )
+from schemad.model import Layout
 
 if TYPE_CHECKING:
     from schemad.database import Database
@@ -55,18 +56,6 @@ if TYPE_CHECKING:
 # Alembic uses it; schemad's session settings go onto it here. What it enters
 # into the stack is undone when the run ends.
 Adopter = Callable[[Connection, ExitStack], None]
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where env.py keeps the version table, and how it connects."""
-
-    version_table: str
-    version_table_schema: str | None
-    own_connection: bool = False
-    """env.py migrates on a connection it opens itself (on schemad's database)."""
-    databases: int = 1
-    """How many databases env.py migrates (more than one: ``multidb``)."""
 
 
 @dataclass

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,7 +25,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from schemad.errors import MigrationFailedError, SchemadError, first_line
 from schemad.history import Entry, History, now
 from schemad.model import AppliedStep, Direction, HistoryOutcome
-from schemad.revisions import Scripts
+
+if TYPE_CHECKING:
+    from schemad.index import IndexedScripts
+    from schemad.revisions import Scripts
 
 
 class NullJournal:
@@ -90,7 +93,7 @@ class Journal(NullJournal):
         run_id: str,
         *,
         history: History,
-        scripts: Scripts,
+        scripts: Scripts | IndexedScripts,
         log: Any,
         redact: Callable[[str], str],
         stop: Callable[[], bool] | None = None,

@@ -110,7 +110,8 @@ def configure(
     # SQLAlchemy echoes SQL and APScheduler announces every job run at INFO;
     # both are only worth reading when debugging.
     quiet = level != "debug"
-    for chatty in ("sqlalchemy.engine", "apscheduler"):
+    # Alembic 1.20 announces each of its plugins at INFO on import.
+    for chatty in ("sqlalchemy.engine", "apscheduler", "alembic.runtime.plugins"):
         logging.getLogger(chatty).setLevel(logging.WARNING if quiet else logging.DEBUG)
     # "skipped: maximum number of running instances reached" (the scheduler's
     # logger) and "run time ... was missed" (the executors') are the intended

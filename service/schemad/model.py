@@ -181,6 +181,18 @@ class LockHolder:
 
 
 @dataclass(frozen=True)
+class Layout:
+    """Where env.py keeps the version table, and how it connects."""
+
+    version_table: str
+    version_table_schema: str | None
+    own_connection: bool = False
+    """env.py migrates on a connection it opens itself (on schemad's database)."""
+    databases: int = 1
+    """How many databases env.py migrates (more than one: ``multidb``)."""
+
+
+@dataclass(frozen=True)
 class Inspection:
     """What the database and the scripts say now, and the plan that follows."""
 

@@ -15,15 +15,12 @@ import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field, replace
-from functools import partial
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import structlog
-from alembic.config import Config
 from sqlalchemy.engine import Connection
 
 from schemad import logs
-from schemad.applier import Applied, StepObserver, apply_plan
 from schemad.audit import (
     HistorySnapshot,
     explain_newer,
@@ -34,8 +31,6 @@ from schemad.audit import (
 from schemad.database import Database
 from schemad.deadline import StatementGuard
 from schemad.dialect import Fault
-from schemad.drift import DriftChecker, DriftReport
-from schemad.environment import Adopter, Layout, probe
 from schemad.errors import (
     ConfigError,
     DatabaseUnavailableError,
@@ -45,11 +40,13 @@ from schemad.errors import (
     SchemadError,
 )
 from schemad.history import History
+from schemad.index import IndexedScripts, fingerprint_changed
 from schemad.journal import Journal, NullJournal
 from schemad.locks import WaitCallback
 from schemad.model import (
     DbState,
     Inspection,
+    Layout,
     LockHolder,
     NewerRevision,
     Outcome,
@@ -62,8 +59,13 @@ from schemad.model import (
     Target,
 )
 from schemad.planner import ancestors, make_plan
-from schemad.revisions import Scripts, fingerprint_changed, load_scripts
 from schemad.settings import Settings
+
+if TYPE_CHECKING:
+    from schemad.applier import Applied, StepObserver
+    from schemad.drift import DriftReport
+    from schemad.environment import Adopter
+    from schemad.revisions import Scripts
 
 _OUTCOME_OF_PLAN = {
     PlanKind.IN_SYNC: Outcome.IN_SYNC,
@@ -73,7 +75,7 @@ _OUTCOME_OF_PLAN = {
 _LOCK_LOG_EVERY_SECONDS = 5.0
 # A migrations directory changed this recently may still be receiving a file.
 _SETTLE_NS = 2_000_000_000
-ApplyFn = Callable[..., Applied]
+ApplyFn = Callable[..., "Applied"]
 
 
 class DatabaseLike(Protocol):
@@ -193,18 +195,31 @@ class Reconciler:
         self,
         settings: Settings,
         database: DatabaseLike,
-        config: Config,
+        load: Callable[[], Scripts | IndexedScripts],
         *,
+        full_load: Callable[[], Scripts] | None = None,
         history: History | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
-        load: Callable[[], Scripts] | None = None,
-        apply: ApplyFn = apply_plan,
+        apply: ApplyFn | None = None,
         probe: Callable[[Scripts], Layout] | None = None,
     ) -> None:
+        """A reconciler for one database.
+
+        Args:
+            settings: what the user configured.
+            database: the database (its version table, lock and sessions).
+            load: loads the scripts: from the index when it can, which keeps
+                Alembic out of a pass that has nothing to do.
+            full_load: loads them through Alembic, for a pass with work (when
+                ``load`` may give the index).
+            history: the audit history, or None when it is off.
+            clock, wall_clock: injected for tests.
+            apply: applies a plan (the applier's ``apply_plan``).
+            probe: tells where env.py keeps the version table (a dry run of it).
+        """
         self.settings = settings
         self.database = database
-        self.config = config
         self.history = history
         self.policy = Policy(
             allow_downgrade=settings.allow_downgrade,
@@ -213,14 +228,15 @@ class Reconciler:
         )
         self._clock = clock
         self._wall_clock = wall_clock
-        self._load = load or partial(load_scripts, config)
+        self._load = load
+        self._full_load = full_load
         self._apply = apply
         self._probe = probe or self._probe_env_py
-        self._layout: tuple[Scripts, Layout] | None = None
+        self._layout: tuple[Scripts | IndexedScripts, Layout] | None = None
         self._adoption_logged = False
         self._should_stop: Callable[[], bool] | None = None
         self._on_lock_wait: WaitCallback | None = None
-        self._scripts: Scripts | None = None
+        self._scripts: Scripts | IndexedScripts | None = None
         self._audited: _Audited | None = None
         self._log = logs.get_logger("schemad.reconciler")
         # Read-only looks (`status`, each poll of `wait`) share one read of the
@@ -237,7 +253,7 @@ class Reconciler:
         self._should_stop = should_stop
         self._on_lock_wait = on_lock_wait
 
-    def scripts(self) -> Scripts:
+    def scripts(self) -> Scripts | IndexedScripts:
         """The migration scripts, reloaded only when their files changed.
 
         Raises:
@@ -273,7 +289,7 @@ class Reconciler:
         self._scripts = loaded
         return loaded
 
-    def ready_scripts(self) -> Scripts:
+    def ready_scripts(self) -> Scripts | IndexedScripts:
         """The scripts, with where env.py keeps the version table known.
 
         env.py is run once per load of the scripts, as ``alembic current``
@@ -287,14 +303,31 @@ class Reconciler:
         """
         scripts = self.scripts()
         if self._layout is None or self._layout[0] is not scripts:
-            layout = self._probe(scripts)
+            # Indexed: read from env.py's source; else a dry run of env.py.
+            layout = scripts.layout if isinstance(scripts, IndexedScripts) else self._probe(scripts)
             self.database.use_version_table(layout.version_table, layout.version_table_schema)
             if self.history is not None:
                 self.history.use_schema(layout.version_table_schema)
             self._layout = (scripts, layout)
         return scripts
 
+    def full_scripts(self) -> Scripts:
+        """The scripts loaded through Alembic (leaving the index for good).
+
+        Raises:
+            ScriptError, ConfigError, DatabaseUnavailableError: as ready_scripts.
+        """
+        scripts = self.ready_scripts()
+        if isinstance(scripts, IndexedScripts):
+            assert self._full_load is not None, "an index without a way to the full scripts"
+            self._load, self._full_load = self._full_load, None
+            self._scripts = None
+            scripts = self.ready_scripts()
+        return cast("Scripts", scripts)
+
     def _probe_env_py(self, scripts: Scripts) -> Layout:
+        from schemad.environment import probe
+
         explicit = bool({"version_table", "version_table_schema"} & self.settings.model_fields_set)
         return probe(
             scripts,
@@ -339,7 +372,9 @@ class Reconciler:
             inspection = self.inspect()
         return inspection
 
-    def _inspect(self, scripts: Scripts, reads: _Reads, *, locked: bool) -> Inspection:
+    def _inspect(
+        self, scripts: Scripts | IndexedScripts, reads: _Reads, *, locked: bool
+    ) -> Inspection:
         target = scripts.resolve(self.settings.target_revision)
         state = self.database.read_state()
         # Before the tamper check, which then reuses this fresh read.
@@ -373,7 +408,9 @@ class Reconciler:
             self.settings.retry_interrupted
         }
 
-    def _tampered(self, scripts: Scripts, state: DbState, reads: _Reads) -> tuple[Tampered, ...]:
+    def _tampered(
+        self, scripts: Scripts | IndexedScripts, state: DbState, reads: _Reads
+    ) -> tuple[Tampered, ...]:
         if self.history is None:
             return ()
         audited = self._audited_for(scripts, state)
@@ -394,7 +431,7 @@ class Reconciler:
             )
         return tampered
 
-    def _adopt(self, scripts: Scripts, inspection: Inspection, run: _Pass) -> None:
+    def _adopt(self, scripts: Scripts | IndexedScripts, inspection: Inspection, run: _Pass) -> None:
         """Record checksums of applied revisions the history has not seen yet.
 
         With work pending only the lock holder adopts: a bystander would adopt
@@ -411,7 +448,7 @@ class Reconciler:
         if run.journal.adopt(adoptable):
             self._audited = _Audited(scripts.loaded_at_ns, state.heads, inspection.tampered)
 
-    def _audited_for(self, scripts: Scripts, state: DbState) -> _Audited | None:
+    def _audited_for(self, scripts: Scripts | IndexedScripts, state: DbState) -> _Audited | None:
         audited = self._audited
         if audited is None:
             return None
@@ -427,7 +464,7 @@ class Reconciler:
             DriftPermissionError: no privilege to create a scratch database.
             ScriptError, DatabaseUnavailableError, MigrationFailedError: as named.
         """
-        scripts = self.ready_scripts()
+        scripts = self.full_scripts()
         state = self.database.read_state()
         unknown = [head for head in state.heads if head not in scripts.graph.revisions]
         if unknown:
@@ -439,6 +476,8 @@ class Reconciler:
             )
         exclude = {self.database.version_table, self.settings.history_table}
         # Drift reflects schemas through the engine: only a real Database has one.
+        from schemad.drift import DriftChecker
+
         database = cast(Database, self.database)
         report = DriftChecker(database, exclude=exclude).check(scripts, state.heads)
         event = self._log.warning if report.drifted else self._log.info
@@ -480,7 +519,7 @@ class Reconciler:
         run.journal = self._journal(run.run_id, scripts)
         return self._look_then_lock(scripts, run)
 
-    def _journal(self, run_id: str, scripts: Scripts) -> NullJournal:
+    def _journal(self, run_id: str, scripts: Scripts | IndexedScripts) -> NullJournal:
         if self.history is None:
             return NullJournal(run_id, log=self._log, stop=self._should_stop)
         return Journal(
@@ -493,9 +532,14 @@ class Reconciler:
             outside_transactions=self._outside_transactions,
         )
 
-    def _look_then_lock(self, scripts: Scripts, run: _Pass) -> Outcome:
+    def _look_then_lock(self, scripts: Scripts | IndexedScripts, run: _Pass) -> Outcome:
         look = self._inspect(scripts, run.reads, locked=False)
         run.saw(look)
+        if look.plan.has_work and isinstance(scripts, IndexedScripts):
+            # Work to do: from here on the scripts as Alembic loads them.
+            scripts = self.full_scripts()
+            run.journal = self._journal(run.run_id, scripts)
+            return self._look_then_lock(scripts, run)
         if not look.plan.has_work:
             self._adopt(scripts, look, run)
             return _OUTCOME_OF_PLAN[look.plan.kind]
@@ -512,7 +556,7 @@ class Reconciler:
             ) as waited:
                 run.lock_wait_seconds = waited
                 self._log.info("lock_acquired", wait_seconds=round(waited, 3))
-                return self._apply_under_lock(scripts, run)
+                return self._apply_under_lock(cast("Scripts", scripts), run)
         except LockNotNeeded as done:
             # The holder brought the database to the target: look again as a
             # new pass would, instead of queueing for the lock only to find
@@ -588,7 +632,8 @@ class Reconciler:
             partial = revision is not None and self._outside_transactions(revision)
             return watchdogs.explain() or self.database.explain_failure(exc, partial)
 
-        return self._apply(
+        apply = self._apply or _apply_plan()
+        return apply(
             scripts,
             connection,
             plan,
@@ -765,7 +810,14 @@ class Reconciler:
             self._log.info("reconcile_finished", **fields)
 
 
-def _applied(scripts: Scripts, state: DbState) -> frozenset[str]:
+def _apply_plan() -> ApplyFn:
+    # Imported when a pass has work: it brings Alembic in.
+    from schemad.applier import apply_plan
+
+    return apply_plan
+
+
+def _applied(scripts: Scripts | IndexedScripts, state: DbState) -> frozenset[str]:
     """Every revision the database's known heads imply was applied."""
     graph = scripts.graph
     return ancestors(graph, [head for head in state.heads if head in graph.revisions])

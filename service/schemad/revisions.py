@@ -27,6 +27,9 @@ from alembic.util.pyfiles import pyc_file_from_path
 from sqlalchemy.engine import URL
 
 from schemad.errors import ConfigError, ScriptError, first_line
+from schemad.index import INDEXED_TARGETS, config_files, directory_times, iter_roots
+from schemad.index import document as index_document
+from schemad.index import write as write_index
 from schemad.model import Graph, Revision, Target
 
 DEFAULT_SCRIPT_LOCATION = "migrations"
@@ -46,6 +49,7 @@ class Scripts:
     loaded_at_ns: int
     checksums: Mapping[str, str | None]
     """Each revision file's checksum (see :func:`file_checksum`)."""
+    from_index: bool = False
 
     def resolve(self, spec: str) -> Target:
         """Resolve a target spec (``head``, an id, ``label@head``) to revision ids."""
@@ -53,7 +57,7 @@ class Scripts:
 
 
 def make_config(
-    url: URL,
+    url: URL | None,
     *,
     alembic_config: Path | None,
     script_location: str | None,
@@ -72,7 +76,14 @@ def make_config(
     Raises:
         ConfigError: the named file does not exist or cannot be read.
     """
-    ini, toml = _config_files(alembic_config)
+    try:
+        ini, toml = config_files(alembic_config)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"SCHEMAD_ALEMBIC_CONFIG={alembic_config}: no such file; point it at the project's "
+            "alembic.ini or pyproject.toml, or unset it and set SCHEMAD_SCRIPT_LOCATION",
+            variable="SCHEMAD_ALEMBIC_CONFIG",
+        ) from None
     config = Config(
         file_=ini or FALLBACK_INI,
         toml_file=toml,
@@ -86,9 +97,10 @@ def make_config(
             config.set_main_option("script_location", _escaped(script_location))
         elif config.get_alembic_option("script_location") is None:
             config.set_main_option("script_location", DEFAULT_SCRIPT_LOCATION)
-        # set_main_option interpolates '%': a URL-encoded password must be escaped.
-        plain = url.render_as_string(hide_password=False)
-        config.set_main_option("sqlalchemy.url", _escaped(plain))
+        if url is not None:
+            # set_main_option interpolates '%': a URL-encoded password must be escaped.
+            plain = url.render_as_string(hide_password=False)
+            config.set_main_option("sqlalchemy.url", _escaped(plain))
         config.get_alembic_option("script_location")  # reads (and interpolates) the files now
     except configparser.Error as exc:
         raise _ini_problem(config, exc) from exc
@@ -106,36 +118,6 @@ def make_config(
         ) from exc
     config.attributes["schemad"] = True
     return config
-
-
-def _config_files(named: Path | None) -> tuple[Path | None, Path | None]:
-    """The ini and the pyproject.toml to read, as Alembic would pair them."""
-    if named is None:
-        ini, toml = Path("alembic.ini"), Path("pyproject.toml")
-        return (ini.absolute() if ini.is_file() else None), _with_alembic_table(toml)
-    if not named.is_file():
-        raise ConfigError(
-            f"SCHEMAD_ALEMBIC_CONFIG={named}: no such file; point it at the project's "
-            "alembic.ini or pyproject.toml, or unset it and set SCHEMAD_SCRIPT_LOCATION",
-            variable="SCHEMAD_ALEMBIC_CONFIG",
-        )
-    named = named.absolute()
-    if named.suffix == ".toml":
-        beside = named.with_name("alembic.ini")
-        return (beside if beside.is_file() else None), named
-    return named, _with_alembic_table(named.with_name("pyproject.toml"))
-
-
-def _with_alembic_table(toml: Path) -> Path | None:
-    """``toml`` if it is a pyproject.toml with a ``[tool.alembic]`` table."""
-    if not toml.is_file():
-        return None
-    try:
-        with toml.open("rb") as handle:
-            data = tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError):
-        return None  # not Alembic's: a broken pyproject.toml of another tool
-    return toml.absolute() if "alembic" in data.get("tool", {}) else None
 
 
 def _anchor_paths(config: Config, base: Path, *, script_location: bool) -> None:
@@ -255,38 +237,29 @@ def scripts_fingerprint(directory: ScriptDirectory) -> tuple[tuple[str, int], ..
     no-op pass costs a few ``stat`` calls however many revisions there are.
     Revision files are not expected to change in place once applied.
     """
-    roots: list[str] = []
-    for root in (str(directory.dir), *map(str, directory._version_locations)):
-        if not any(root == seen or root.startswith(seen + os.sep) for seen in roots):
-            roots.append(root)
-    entries = []
-    for root in roots:
-        for path, subdirs, _files in os.walk(root):
-            subdirs[:] = sorted(d for d in subdirs if d != "__pycache__")
-            try:
-                entries.append((path, os.stat(path).st_mtime_ns))
-            except OSError:
-                continue
-    return tuple(entries)
+    return directory_times(list(_roots(directory)))
 
 
-def fingerprint_changed(
-    fingerprint: tuple[tuple[str, int], ...], *, loaded_at_ns: int, settle_ns: int
-) -> bool:
-    """Whether the directories changed since the fingerprint was taken.
+def _roots(directory: ScriptDirectory) -> list[Path]:
+    return list(iter_roots(Path(directory.dir), [str(p) for p in directory._version_locations]))
 
-    A directory modified within ``settle_ns`` before loading may still be
-    receiving a file; such a load is never trusted for long.
+
+def build_index(scripts: Scripts) -> Path:
+    """Write ``schemad-index.json`` for ``scripts`` into its migrations directory.
+
+    Raises:
+        OSError: the directory is not writable.
     """
-    if any(loaded_at_ns - mtime < settle_ns for _path, mtime in fingerprint):
-        return True
-    for path, mtime in fingerprint:
-        try:
-            if os.stat(path).st_mtime_ns != mtime:
-                return True
-        except OSError:
-            return True
-    return False
+    directory = scripts.directory
+    roots = _roots(directory)
+    content = index_document(
+        roots=roots,
+        graph=scripts.graph,
+        checksums=scripts.checksums,
+        targets={spec: scripts.resolve(spec) for spec in INDEXED_TARGETS},
+        env_py=Path(directory.env_py_location),
+    )
+    return write_index(Path(directory.dir), content)
 
 
 def resolve_target(directory: ScriptDirectory, spec: str) -> Target:

@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 import pytest
-from alembic.config import Config
 from structlog.testing import capture_logs
 
 from schemad.applier import Applied, StepObserver
@@ -193,8 +192,7 @@ def reconciler(
     return Reconciler(
         Settings(database_url="sqlite:///unused.db", **settings),
         cast(DatabaseLike, database),
-        Config(),
-        load=lambda: scripts,
+        lambda: scripts,
         apply=apply or FakeApply(),
         probe=lambda _scripts: Layout("alembic_version", None),
         clock=iter(range(1000)).__next__,
