@@ -122,7 +122,11 @@ class _Run:
         # Alembic pulls the next step only after the previous one's
         # transaction has committed, so resuming here marks that commit.
         self._steps = list(steps)
-        external = self.env is not None and self.env.external_transaction
+        # Inside one transaction for all (env.py's own, or a bootstrap), a step
+        # is committed only when the run ends.
+        external = self.env is not None and (
+            self.env.external_transaction or self.env.one_transaction
+        )
         for position, step in enumerate(self._steps):
             self._position = position
             if self.observer.should_stop():
@@ -208,6 +212,7 @@ def apply_plan(
     adopt: Adopter | None = None,
     explain: Callable[[BaseException, str | None], str | None] | None = None,
     autocommit: Collection[str] = (),
+    one_transaction: bool = False,
     clock: Callable[[], float] = time.monotonic,
 ) -> Applied:
     """Apply ``plan`` on ``connection``, one committed revision at a time.
@@ -229,6 +234,8 @@ def apply_plan(
         autocommit: revisions to run outside a transaction (each statement
             commits on its own), for statements such as CREATE INDEX
             CONCURRENTLY in revisions that cannot be edited.
+        one_transaction: every revision in one transaction (an empty database
+            with transactional DDL): a failure or a crash leaves it empty.
         clock: a monotonic clock, for durations.
 
     Returns:
@@ -253,6 +260,7 @@ def apply_plan(
         version_table_schema,
         adopt=adopt,
         on_version_apply=run.version_applied,
+        one_transaction=one_transaction,
     )
     run.env = env
     environment = env.environment(
@@ -367,10 +375,12 @@ def _failure(run: _Run, exc: BaseException, explanation: str | None) -> SchemadE
         )
     advice = explanation or "fix the revision and run again"
     revision = _revision_of(step)
-    done = len(run.applied)
+    if run.env is not None and run.env.one_transaction:
+        kept = "all revisions of this pass ran in one transaction, so none stays applied"
+    else:
+        kept = f"{len(run.applied)} earlier revision(s) of this pass stay applied"
     return MigrationFailedError(
-        f"revision {revision} ({_message_of(step)}) failed: {summary}; {advice}. "
-        f"{done} earlier revision(s) of this pass stay applied",
+        f"revision {revision} ({_message_of(step)}) failed: {summary}; {advice}. {kept}",
         revision=revision,
         direction=_direction_of(step),
         duration_seconds=run.clock() - run.current_started,

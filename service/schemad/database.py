@@ -274,6 +274,28 @@ class Database:
             event.remove(conn, "before_cursor_execute", guard.before)
             event.remove(conn, "after_cursor_execute", guard.after)
 
+    @contextmanager
+    def short_statements(self, conn: Connection) -> Iterator[StatementGuard]:
+        """Bound each statement on ``conn`` by the connect timeout (a dry run of
+        env.py: a few reads, however long env.py's own imports take).
+
+        Raises:
+            DatabaseUnavailableError: a statement got no answer in time.
+        """
+        guard = StatementGuard(conn, None, self.connect_timeout_seconds)
+        event.listen(conn, "before_cursor_execute", guard.before)
+        event.listen(conn, "after_cursor_execute", guard.after)
+        try:
+            yield guard
+        except SQLAlchemyError as exc:
+            if guard.fired:
+                raise self._no_answer(exc) from exc
+            raise
+        finally:
+            guard.disarm()
+            event.remove(conn, "before_cursor_execute", guard.before)
+            event.remove(conn, "after_cursor_execute", guard.after)
+
     def explain_failure(self, exc: BaseException, partial: bool = False) -> str | None:
         """What a failure while migrating means here, beyond the driver's message.
 

@@ -86,6 +86,8 @@ class EnvRun:
     adopt: Adopter | None = None
     on_version_apply: Callable[..., None] | None = None
     dont_mutate: bool = False
+    one_transaction: bool = False
+    """All revisions in one transaction (bootstrapping an empty database)."""
     strict: bool = False
     """Refuse any connection that is not on the database, before Alembic uses it
     (drift: env.py must never reach beyond the scratch database)."""
@@ -105,7 +107,11 @@ class EnvRun:
             options["version_table_schema"] = (
                 call.version_table_schema if call.schema_given else self.version_table_schema
             )
-            options["transaction_per_migration"] = True
+            options["transaction_per_migration"] = not self.one_transaction
+            if self.database.transactional_ddl:
+                # Alembic assumes SQLite's DDL is not transactional; schemad's
+                # BEGIN makes it so, which lets one transaction span revisions.
+                options["transactional_ddl"] = True
             if self.dont_mutate:
                 options["dont_mutate"] = True
             if self.on_version_apply is not None:
@@ -255,7 +261,7 @@ def probe(
         )
         environment = run.environment(fn=lambda _heads, _context: [])
         try:
-            with _quiet("alembic"):
+            with _quiet("alembic"), database.short_statements(connection):
                 run_env(run, environment)
         except (SchemadError, KeyboardInterrupt):
             raise

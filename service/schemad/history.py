@@ -34,6 +34,7 @@ from schemad.model import Direction, HistoryOutcome
 from schemad.settings import IdentitySettings
 
 ERROR_MAX_CHARS = 2000
+_SAVEPOINT = "schemad_history"
 # MySQL/MariaDB DATETIME keeps whole seconds unless told otherwise.
 _TIMESTAMP = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
@@ -257,11 +258,33 @@ class History:
         """
         self._require_table()
         values = self._values(entry)
+        if started_id is None and self.database.dialect.history_needs_savepoint:
+            self._insert_in_one_round_trip(conn, values)
+            return
         with self._statement_scope(conn):
             if started_id is None:
                 conn.execute(self._insert, values)
             else:
                 conn.execute(self._finish_started, {**values, "started_id": started_id})
+
+    def _insert_in_one_round_trip(self, conn: sa.Connection, values: dict[str, Any]) -> None:
+        """Savepoint, insert and release as one statement batch (PostgreSQL).
+
+        Three statements, one round trip: the values are rendered as literals
+        by the connection's own dialect (so quoting follows the server's
+        settings). A failing insert stops the batch with the transaction
+        aborted back to the savepoint, which is then rolled back to; the
+        revision's own work stands either way.
+        """
+        insert = self.table.insert().inline().values(values)
+        sql = str(insert.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+        try:
+            conn.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}; {sql}; RELEASE SAVEPOINT {_SAVEPOINT}")
+        except SQLAlchemyError:
+            conn.exec_driver_sql(
+                f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}; RELEASE SAVEPOINT {_SAVEPOINT}"
+            )
+            raise
 
     def start_in(self, conn: sa.Connection, entry: Entry) -> int:
         """Insert a "started" row on the migration's connection.

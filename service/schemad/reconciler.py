@@ -596,8 +596,13 @@ class Reconciler:
             ):
                 self._log.warning("timeout_unsupported", setting=setting)
             run.journal.prepare()
+            one_transaction = self._bootstraps(look)
+            if one_transaction:
+                self._log.info("bootstrap_in_one_transaction", revisions=len(look.plan.steps))
             with guard as watchdogs:
-                applied = self._apply_steps(scripts, look.plan, connection, run.journal, watchdogs)
+                applied = self._apply_steps(
+                    scripts, look.plan, connection, run.journal, watchdogs, one_transaction
+                )
             self._make_durable(connection)
         except MigrationFailedError as exc:
             # When the database stopped answering, more round trips would only
@@ -627,6 +632,7 @@ class Reconciler:
         connection: Connection,
         observer: StepObserver,
         watchdogs: StatementGuard,
+        one_transaction: bool = False,
     ) -> Applied:
         def explain(exc: BaseException, revision: str | None) -> str | None:
             partial = revision is not None and self._outside_transactions(revision)
@@ -645,7 +651,21 @@ class Reconciler:
             adopt=self._adopter(watchdogs),
             explain=explain,
             autocommit=self.settings.autocommit_revision_ids(),
+            one_transaction=one_transaction,
             clock=self._clock,
+        )
+
+    def _bootstraps(self, look: Inspection) -> bool:
+        """Whether this pass creates the schema of an empty database in one
+        transaction: nothing else waits on a database that is being created,
+        and a failure or a crash then leaves it empty, never half-made."""
+        plan = look.plan
+        return (
+            self.settings.bootstrap_in_one_transaction
+            and plan.kind is PlanKind.UPGRADE
+            and not look.state.heads
+            and self.database.transactional_ddl
+            and not {step.revision for step in plan.steps} & self.settings.autocommit_revision_ids()
         )
 
     def _outside_transactions(self, revision: str) -> bool:

@@ -95,7 +95,8 @@ def make_config(
             _anchor_paths(config, home, script_location=script_location is None)
         if script_location is not None:
             config.set_main_option("script_location", _escaped(script_location))
-        elif config.get_alembic_option("script_location") is None:
+        elif home is None:
+            # No project file: the default directory, as SCHEMAD_SCRIPT_LOCATION says.
             config.set_main_option("script_location", DEFAULT_SCRIPT_LOCATION)
         if url is not None:
             # set_main_option interpolates '%': a URL-encoded password must be escaped.

@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     """Migration session: cancel one statement after this long (off by default)."""
     async_commit: bool = True
     """PostgreSQL: commit revisions without waiting for the disk; each pass ends durable."""
+    bootstrap_in_one_transaction: bool = True
+    """An empty database where DDL is transactional: apply all in one transaction."""
     wait_timeout_seconds: Seconds = 300.0
     """How long `schemad wait` waits for the target."""
     wait_interval_seconds: Annotated[float, Field(ge=0.1, le=86_400, allow_inf_nan=False)] = 2.0

@@ -99,7 +99,12 @@ def test_a_failed_pass_also_ends_durable(
     statements: list[tuple[int, str]],
 ) -> None:
     """The revisions committed before a failing one are made durable too."""
-    app = make_app(postgres_url, _project(tmp_path / "migrations", 3, fail_at=3))
+    # Each revision commits on its own here (no bootstrap of the empty database).
+    app = make_app(
+        postgres_url,
+        _project(tmp_path / "migrations", 3, fail_at=3),
+        bootstrap_in_one_transaction="false",
+    )
 
     result = app.reconciler.reconcile_once()
 

@@ -311,7 +311,8 @@ def test_failing_history_write_keeps_a_failed_revision_failed(
 ) -> None:
     """A revision that raises is reported as failed even when its history row cannot be written."""
     _failing_revision(project)
-    app = make_app(db_url, project)
+    # Each revision commits on its own here (no bootstrap of the empty database).
+    app = make_app(db_url, project, bootstrap_in_one_transaction="false")
     assert app.reconciler.history is not None
     app.reconciler.history.ensure_table()
     _refuse_history_inserts(db_url)

@@ -248,7 +248,7 @@ def test_an_own_engine_env_py_keeps_one_transaction_per_revision_on_sqlite(
         upgrade='op.create_table("half", sa.Column("id", sa.Integer))\nraise RuntimeError("boom")',
     )
     write_env(project, GENERIC_ENV)
-    app = make_app(sqlite_url, project)
+    app = make_app(sqlite_url, project, bootstrap_in_one_transaction="false")
 
     with capture_logs() as logs:
         result = app.reconciler.reconcile_once()
@@ -269,7 +269,12 @@ def test_an_own_engine_env_py_gets_the_statement_timeout(
     tables_project(project, 1)
     write_revision(project, "r0002", "r0001", upgrade='op.execute("SELECT pg_sleep(5)")')
     write_env(project, GENERIC_ENV)
-    app = make_app(postgres_url, project, statement_timeout_seconds="1")
+    app = make_app(
+        postgres_url,
+        project,
+        statement_timeout_seconds="1",
+        bootstrap_in_one_transaction="false",
+    )
 
     result = app.reconciler.reconcile_once()
 

@@ -14,6 +14,10 @@ from support.scripts import create_table, tables_project, write_revision
 
 from .conftest import MakeApp
 
+# These tests are about each revision committing on its own; an empty database
+# is otherwise created in one transaction (tests/integration/test_bootstrap.py).
+PER_REVISION = {"bootstrap_in_one_transaction": "false"}
+
 
 def test_empty_database_is_migrated_to_head(db_url: str, tmp_path: Path, make_app: MakeApp) -> None:
     """A pass on an empty database applies every revision in order and ends at head."""
@@ -132,7 +136,7 @@ def _failing_project(project: Path) -> None:
 def test_failing_revision_is_named(db_url: str, tmp_path: Path, make_app: MakeApp) -> None:
     """A revision that raises ends the pass FAILED, exit 70, naming the revision and its error."""
     _failing_project(tmp_path / "migrations")
-    app = make_app(db_url, tmp_path / "migrations")
+    app = make_app(db_url, tmp_path / "migrations", **PER_REVISION)
 
     result = app.reconciler.reconcile_once()
 
@@ -155,7 +159,7 @@ def test_failing_revision_leaves_nothing_behind_with_transactional_ddl(
     """With transactional DDL the earlier revisions stay committed and the failed one is undone."""
     url = str(request.getfixturevalue(f"{'sqlite' if backend == 'sqlite' else 'postgres'}_url"))
     _failing_project(tmp_path / "migrations")
-    app = make_app(url, tmp_path / "migrations")
+    app = make_app(url, tmp_path / "migrations", **PER_REVISION)
 
     app.reconciler.reconcile_once()
 
@@ -191,7 +195,7 @@ def test_rerun_after_fix_resumes_from_last_good_revision(
     """Once the failing revision is fixed, the next pass applies only what is left."""
     project = tmp_path / "migrations"
     _failing_project(project)
-    make_app(db_url, project).reconciler.reconcile_once()
+    make_app(db_url, project, **PER_REVISION).reconciler.reconcile_once()
     if make_url(db_url).get_backend_name() == "mysql":
         # DDL auto-commits on MariaDB: the fixed revision must cope with its own leftovers.
         fixed = (

@@ -92,6 +92,10 @@ BAD_SETTINGS: list[tuple[str, str, str]] = [
     ("http_port", "70000", "Input should be less than or equal to 65535"),
     ("http_port", "http", "Input should be a valid integer"),
     ("shutdown_grace_seconds", "0", "Input should be greater than 0"),
+    ("x_args", "tenant=a,,b=2", "expected key=value pairs separated by commas"),
+    ("autocommit_revisions", "r1, r 2", "expected revision ids separated by commas"),
+    ("bootstrap_in_one_transaction", "sometimes", "Input should be a valid boolean"),
+    ("webhook_timeout_seconds", "0", "Input should be greater than 0"),
 ]
 # Settings whose wrong values are cases elsewhere: the URL and its file, the
 # ini, the migrations directory (e2e table), the HTTP host (a daemon case) and
@@ -103,6 +107,12 @@ COVERED_ELSEWHERE = {
     "script_location",
     "http_host",
     "retry_interrupted",
+    # The webhook's URL, its file and its events: cases in the e2e table.
+    "webhook_url",
+    "webhook_url_file",
+    "webhook_events",
+    # An unwritable path is a warning, never a failure (tests/e2e/test_notifications.py).
+    "termination_message_path",
 }
 
 

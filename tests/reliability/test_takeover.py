@@ -47,9 +47,13 @@ def project_with_slow_step(path: Path) -> Path:
     make_project(path)
     env_py = path / "env.py"
     env_py.write_text(
+        # schemad runs env.py twice: a dry run before the lock (as `alembic
+        # current`), then the run that migrates, under the lock: hold in that one.
         "import os as _os, time as _time\n"
         f"if _os.environ.get({HOLD!r}) == 'env':\n"
-        "    _time.sleep(60)\n" + env_py.read_text()
+        "    if _os.environ.get('_HOLD_ENV_SEEN'):\n"
+        "        _time.sleep(60)\n"
+        "    _os.environ['_HOLD_ENV_SEEN'] = '1'\n" + env_py.read_text()
     )
     slow = f"import os, time\nif os.environ.get({HOLD!r}) == 'revision':\n    time.sleep(60)\n"
     previous = None

@@ -104,7 +104,7 @@ def mariadb_user(url: str, password: str) -> Iterator[str]:
     user = f"schemad_u_{uuid.uuid4().hex[:8]}"
     # Not connected to the database itself: it may be dropped before the user is.
     admin = sa.create_engine(
-        parsed.set(database=None), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool
+        parsed._replace(database=None), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool
     )
     try:
         with admin.connect() as conn:
