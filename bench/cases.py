@@ -8,15 +8,17 @@ table afterwards) is recorded as a failure; the harness exits non-zero then.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,13 @@ from bench import noop_pass
 from bench.databases import FreshDatabase, contents, fresh_database, stamp_head
 from bench.histories import History, render_floor, write_alembic_ini, write_project
 from bench.processes import ALEMBIC, SCHEMAD, ProcessRun, rss_kib, run, run_at_once, tool_env
+from bench.roundtrips import TOOLS as ROUND_TRIP_TOOLS
 
-APPLY_TOOLS = ("floor", "floor_1tx", "alembic", "schemad")
-NOOP_TOOLS = ("select_1", "alembic", "schemad")
+# schemad: an empty database is created in one transaction (the default);
+# schemad_per_revision: each revision commits on its own, as on later upgrades.
+APPLY_TOOLS = ("floor", "floor_1tx", "alembic", "schemad", "schemad_per_revision")
+# schemad_index / wait_index: with the graph index (`schemad index`) built.
+NOOP_TOOLS = ("select_1", "alembic", "schemad", "schemad_index", "wait_index")
 DIALECT_URLS = {
     "postgresql": "postgresql+psycopg://bench@localhost/bench",
     "mariadb": "mysql+pymysql://bench@localhost/bench",
@@ -106,6 +112,16 @@ class Bench:
             )
         return self._projects[key]
 
+    def indexed(self, history: History) -> History:
+        """A copy of ``history`` with its graph index built (``schemad index``)."""
+        key = (f"{history.shape}-indexed", history.count)
+        if key not in self._projects:
+            copy = replace(history, path=history.path.with_name(f"{history.path.name}-indexed"))
+            shutil.copytree(history.path, copy.path)
+            run([SCHEMAD, "index"], tool_env(script_location=str(copy.path)))
+            self._projects[key] = copy
+        return self._projects[key]
+
     def floor_files(self, backend: str, history: History) -> tuple[Path, Path]:
         key = (backend, history.shape, history.count)
         if key not in self._floors:
@@ -175,6 +191,9 @@ def apply_all(
                     outcome = run(argv, tool_env(), stdin=stdin)
                 elif tool == "alembic":
                     outcome = run(bench.alembic_argv(db, history), tool_env())
+                elif tool == "schemad_per_revision":
+                    env = bench.schemad_env(db, history, bootstrap_in_one_transaction="false")
+                    outcome = run([SCHEMAD, "upgrade"], env)
                 else:
                     outcome = run([SCHEMAD, "upgrade"], bench.schemad_env(db, history))
                 label = f"apply {backend} {shape} N={count} {tool}"
@@ -189,10 +208,13 @@ def noop_process(bench: Bench, backend: str, count: int, rounds: int) -> None:
     history = bench.project("linear", count)
     with bench.database(backend) as db:
         stamp_head(db.url, history.head)
+        indexed = bench.indexed(history)
         commands: dict[str, tuple[list[str], dict[str, str]]] = {
             "select_1": (db.select_1_command(), tool_env()),
             "alembic": (bench.alembic_argv(db, history), tool_env()),
             "schemad": ([SCHEMAD, "upgrade"], bench.schemad_env(db, history)),
+            "schemad_index": ([SCHEMAD, "upgrade"], bench.schemad_env(db, indexed)),
+            "wait_index": ([SCHEMAD, "wait"], bench.schemad_env(db, indexed)),
         }
         for argv, env in commands.values():  # warm the page cache; not measured
             run(argv, env)
@@ -208,6 +230,23 @@ def noop_process(bench: Bench, backend: str, count: int, rounds: int) -> None:
                 key = ("noop", backend, "linear", count, tool)
                 bench.results.add(key, outcome.wall_seconds)
                 bench.results.add((*key[:4], f"{tool}_rss"), outcome.peak_rss_kib / 1024)
+
+
+def round_trips(bench: Bench, backend: str, count: int) -> None:
+    """Statements, commits, rollbacks and savepoints per revision (bench/roundtrips.py)."""
+    history = bench.project("linear", count)
+    for tool in ROUND_TRIP_TOOLS:
+        with bench.database(backend) as db:
+            done = subprocess.run(
+                [sys.executable, "-m", "bench.roundtrips", backend, tool, db.url,
+                 str(history.path), str(count)],
+                env=tool_env(), capture_output=True, text=True, timeout=900, check=False,
+            )  # fmt: skip
+            if done.returncode != 0:
+                bench.results.fail(f"round trips {backend} {tool}: {done.stderr[-2000:]}")
+                continue
+            for kind, value in json.loads(done.stdout).items():
+                bench.results.add(("roundtrips", backend, "linear", count, f"{tool}:{kind}"), value)
 
 
 def daemon_noop(bench: Bench, backend: str, count: int, repeat: int) -> None:

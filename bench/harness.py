@@ -24,7 +24,7 @@ from bench import cases, report
 from bench.databases import BACKENDS, available
 from bench.histories import SHAPES
 
-CASES = ("apply", "noop", "daemon", "replicas", "rss")
+CASES = ("apply", "noop", "roundtrips", "daemon", "replicas", "rss")
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = {case: plan.size(case) for case in CASES}
     found = report.targets(results, backends, plan.shapes, sizes, plan.replicas)
     label = " (quick run: smoke, not figures)" if plan.quick else ""
-    print(f"targets (issue 6){label}")
+    print(f"targets (issue 15 marked [15], then issue 6){label}")
     print(report.targets_table(found))
     print(f"\nload average now: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if report.code_version() != code:
@@ -189,6 +189,12 @@ def _run_cases(
             progress(f"no-op process {backend} N={count}")
             cases.noop_process(bench, backend, count, plan.noop_rounds())
         _show(report.noop_table(results, backends, count))
+    if "roundtrips" in plan.cases:
+        count = min(plan.sizes)
+        for backend in backends:
+            progress(f"round trips per revision {backend} N={count}")
+            cases.round_trips(bench, backend, count)
+        _show(report.round_trip_table(results, backends, count))
     if "daemon" in plan.cases:
         count = plan.size("daemon")
         for backend in backends:

@@ -16,6 +16,8 @@ from importlib import metadata
 from pathlib import Path
 
 from bench.cases import APPLY_TOOLS, NOOP_TOOLS, Results
+from bench.roundtrips import KINDS as ROUND_TRIP_KINDS
+from bench.roundtrips import TOOLS as ROUND_TRIP_TOOLS
 
 MIB = "MiB"
 APPLY_GOALS = {"postgresql": 1.3, "sqlite": 1.3, "mariadb": 1.5}
@@ -23,6 +25,10 @@ NOOP_PROCESS_GOAL = 0.5
 DAEMON_NOOP_GOAL_MS = 2.0
 REPLICAS_GOAL_SECONDS = 1.0
 IDLE_RSS_GOAL_MIB = 60.0
+# Issue 15 (performance, second round).
+APPLY_VS_ALEMBIC_GOALS = {"postgresql": 0.7, "sqlite": 0.7, "mariadb": 0.9}
+BOOTSTRAP_VS_FLOOR_GOAL = 1.2
+WAIT_PROCESS_GOAL = 0.4
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -141,20 +147,25 @@ def apply_table(results: Results, backend: str, shapes: Sequence[str], sizes: Se
                     num(m["floor_1tx"]),
                     num(m["alembic"]),
                     num(m["schemad"]),
+                    num(m["schemad_per_revision"]),
                     times(paired("alembic", "floor")),
                     times(paired("schemad", "floor")),
                     times(paired("schemad", "alembic")),
+                    times(paired("schemad_per_revision", "alembic")),
                     num(rss["alembic"], 1),
                     num(rss["schemad"], 1),
                 ]
             )
     headers = [
         "shape", "N", "runs", "floor s", "floor-1tx s", "alembic s", "schemad s",
-        "alembic/floor", "schemad/floor", "schemad/alembic", f"alembic {MIB}", f"schemad {MIB}",
+        "per-rev s", "alembic/floor", "schemad/floor", "schemad/alembic", "per-rev/alembic",
+        f"alembic {MIB}", f"schemad {MIB}",
     ]  # fmt: skip
-    return f"apply all from empty, {backend} (medians; peak RSS per process)\n" + table(
-        headers, rows
-    )
+    return (
+        f"apply all from empty, {backend} (medians; schemad = bootstrap in one transaction "
+        "where DDL is transactional, per-rev = SCHEMAD_BOOTSTRAP_IN_ONE_TRANSACTION=false; "
+        "peak RSS per process)\n"
+    ) + table(headers, rows)
 
 
 def noop_table(results: Results, backends: Sequence[str], count: int) -> str:
@@ -162,6 +173,7 @@ def noop_table(results: Results, backends: Sequence[str], count: int) -> str:
     for backend in backends:
         m = {t: results.median("noop", backend, "linear", count, t) for t in NOOP_TOOLS}
         rss = {t: results.median("noop", backend, "linear", count, f"{t}_rss") for t in NOOP_TOOLS}
+        paired = partial(results.ratio, "noop", backend, "linear", count)
         rows.append(
             [
                 backend,
@@ -169,17 +181,42 @@ def noop_table(results: Results, backends: Sequence[str], count: int) -> str:
                 num(_ms(m["select_1"]), 1),
                 num(_ms(m["alembic"]), 1),
                 num(_ms(m["schemad"]), 1),
-                times(results.ratio("noop", backend, "linear", count, "schemad", "alembic")),
-                times(results.ratio("noop", backend, "linear", count, "schemad", "select_1")),
+                num(_ms(m["schemad_index"]), 1),
+                num(_ms(m["wait_index"]), 1),
+                times(paired("schemad", "alembic")),
+                times(paired("schemad_index", "alembic")),
+                times(paired("wait_index", "alembic")),
                 num(rss["alembic"], 1),
                 num(rss["schemad"], 1),
+                num(rss["schemad_index"], 1),
             ]
         )
     headers = [
-        "backend", "N", "SELECT 1 ms", "alembic ms", "schemad ms", "schemad/alembic",
-        "schemad/SELECT 1", f"alembic {MIB}", f"schemad {MIB}",
+        "backend", "N", "SELECT 1 ms", "alembic ms", "schemad ms", "+index ms", "wait+index ms",
+        "schemad/alembic", "+index/alembic", "wait+index/alembic", f"alembic {MIB}",
+        f"schemad {MIB}", f"+index {MIB}",
     ]  # fmt: skip
-    return "no-op as a whole process, already at head (medians)\n" + table(headers, rows)
+    return (
+        "no-op as a whole process, already at head (medians; +index: with `schemad index` "
+        "built, no Alembic imported)\n" + table(headers, rows)
+    )
+
+
+def round_trip_table(results: Results, backends: Sequence[str], count: int) -> str:
+    rows = []
+    for backend in backends:
+        for tool in ROUND_TRIP_TOOLS:
+            values = [
+                results.median("roundtrips", backend, "linear", count, f"{tool}:{kind}")
+                for kind in ROUND_TRIP_KINDS
+            ]
+            if any(v is not None for v in values):
+                rows.append([backend, tool, *(num(v, 2) for v in values)])
+    return (
+        f"per revision, applying {count} revisions in one process (exact counts; a batch of "
+        "statements in one execute counts once)\n"
+        + table(["backend", "tool", *ROUND_TRIP_KINDS], rows)
+    )
 
 
 def daemon_noop_table(results: Results, backends: Sequence[str], count: int) -> str:
@@ -291,6 +328,7 @@ def targets(
     the N each case ran at (apply, noop, daemon, replicas, rss).
     """
     return [
+        *_second_round_targets(results, backends, sizes["apply"], sizes["noop"]),
         *_apply_targets(results, backends, shapes, sizes["apply"]),
         *_noop_targets(results, backends, sizes["noop"]),
         *_daemon_targets(results, backends, sizes["daemon"]),
@@ -298,6 +336,35 @@ def targets(
         *_idle_rss_targets(results, backends, sizes["rss"]),
         *_peak_rss_targets(results, backends, shapes, sizes["apply"]),
     ]
+
+
+def _second_round_targets(
+    results: Results, backends: Sequence[str], apply_count: int, noop_count: int
+) -> list[Target]:
+    """Issue 15's targets, at 1,000 linear revisions in the full run."""
+    found = []
+    for backend in backends:
+        apply = partial(results.ratio, "apply", backend, "linear", apply_count)
+        noop = partial(results.ratio, "noop", backend, "linear", noop_count)
+        goal = APPLY_VS_ALEMBIC_GOALS[backend]
+        checks = [
+            (f"[15] apply {apply_count} from empty, {backend}: schemad / alembic",
+             apply("schemad", "alembic"), goal),
+            (f"[15] no-op process {noop_count}, {backend}: schemad+index / alembic",
+             noop("schemad_index", "alembic"), NOOP_PROCESS_GOAL),
+            (f"[15] wait when satisfied {noop_count}, {backend}: wait+index / alembic",
+             noop("wait_index", "alembic"), WAIT_PROCESS_GOAL),
+        ]  # fmt: skip
+        if backend != "mariadb":
+            checks.append(
+                (f"[15] bootstrap {apply_count}, {backend}: schemad / raw floor",
+                 apply("schemad", "floor"), BOOTSTRAP_VS_FLOOR_GOAL)
+            )  # fmt: skip
+        found.extend(
+            Target(name, times(value), f"<= {limit}x", _met(value, limit))
+            for name, value, limit in checks
+        )
+    return found
 
 
 def _met(value: float | None, goal: float) -> bool | None:

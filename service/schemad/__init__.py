@@ -1,8 +1,5 @@
 """schemad: keep a database's schema at the target Alembic revision, safely."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("schemad")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
+# The one place the version is written: pyproject.toml reads it from here, and
+# reading it back from the installed metadata would cost every command ~60 ms.
+__version__ = "0.1.0"

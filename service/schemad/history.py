@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import SQLAlchemyError
 
 from schemad import __version__
@@ -35,8 +34,16 @@ from schemad.settings import IdentitySettings
 
 ERROR_MAX_CHARS = 2000
 _SAVEPOINT = "schemad_history"
-# MySQL/MariaDB DATETIME keeps whole seconds unless told otherwise.
-_TIMESTAMP = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+
+
+def _timestamp(backend: str) -> sa.types.TypeEngine[Any]:
+    """A timestamp with time zone; MySQL/MariaDB DATETIME keeps whole seconds
+    unless told otherwise (its dialect is imported only for those)."""
+    if backend not in ("mysql", "mariadb"):
+        return sa.DateTime(timezone=True)
+    from sqlalchemy.dialects import mysql
+
+    return mysql.DATETIME(fsp=6)
 
 
 @dataclass(frozen=True)
@@ -88,7 +95,9 @@ class Entry:
     error: str | None = None
 
 
-def history_table(name: str, schema: str | None, metadata: sa.MetaData) -> sa.Table:
+def history_table(
+    name: str, schema: str | None, metadata: sa.MetaData, backend: str = "postgresql"
+) -> sa.Table:
     """The history table's definition; new columns must be nullable."""
     text = sa.String(255)
     return sa.Table(
@@ -99,8 +108,8 @@ def history_table(name: str, schema: str | None, metadata: sa.MetaData) -> sa.Ta
         sa.Column("parents", text),
         sa.Column("direction", sa.String(16), nullable=False),
         sa.Column("outcome", sa.String(16), nullable=False),
-        sa.Column("started_at", _TIMESTAMP),
-        sa.Column("finished_at", _TIMESTAMP),
+        sa.Column("started_at", _timestamp(backend)),
+        sa.Column("finished_at", _timestamp(backend)),
         sa.Column("duration_seconds", sa.Float),
         sa.Column("error", sa.Text),
         sa.Column("checksum", sa.String(64)),
@@ -131,7 +140,7 @@ class History:
 
     def use_schema(self, schema: str | None) -> None:
         """Keep the table in this schema from now on (the version table's)."""
-        self.table = history_table(self._name, schema, sa.MetaData())
+        self.table = history_table(self._name, schema, sa.MetaData(), self.database.dialect.name)
         # Built once, so that SQLAlchemy's compiled-statement cache serves
         # every revision's write.
         self._insert = self.table.insert()

@@ -18,3 +18,12 @@ def test_one_shot_commands_do_not_import_the_daemon() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_the_version_is_the_installed_packages() -> None:
+    """schemad.__version__ (read by pyproject.toml) is what pip installed."""
+    from importlib.metadata import version
+
+    from schemad import __version__
+
+    assert version("schemad") == __version__
