@@ -29,7 +29,7 @@ from sqlalchemy.exc import DBAPIError
 if TYPE_CHECKING:
     from schemad.database import Database
 
-from schemad.environment import Adopter, EnvRun, run_env
+from schemad.environment import Adopter, EnvRun, env_advice, run_env
 from schemad.errors import (
     MigrationFailedError,
     PlanRejectedError,
@@ -359,8 +359,8 @@ def _failure(run: _Run, exc: BaseException, explanation: str | None) -> SchemadE
     summary = first_line(exc)
     if step is None and not run.applied and not isinstance(exc, DBAPIError):
         return ScriptError(
-            f"env.py failed before any revision ran: {summary}; fix env.py "
-            "(`alembic upgrade head` shows the same error)"
+            f"env.py failed before any revision ran: {summary}; "
+            f"{env_advice(exc, '`alembic upgrade head` shows the same error')}"
         )
     if step is None:
         when = (

@@ -39,6 +39,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from schemad import logs
+from schemad.engine import DRIVER_PACKAGES
 from schemad.errors import (
     ConfigError,
     DatabaseUnavailableError,
@@ -275,13 +276,25 @@ def probe(
             ) from exc
         except BaseException as exc:  # env.py's own code: anything, sys.exit() too
             raise ScriptError(
-                f"env.py failed before any revision ran: {first_line(exc)}; fix env.py "
-                "(`alembic current` shows the same error)"
+                f"env.py failed before any revision ran: {first_line(exc)}; "
+                f"{env_advice(exc, '`alembic current` shows the same error')}"
             ) from exc
         finally:
             if connection.in_transaction():
                 connection.rollback()
     return run.layout()
+
+
+def env_advice(exc: BaseException, same_error: str) -> str:
+    """What to do about env.py failing: install a driver it imports, or fix it."""
+    missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+    if missing in DRIVER_PACKAGES or missing == "greenlet":
+        package = "greenlet" if missing == "greenlet" else DRIVER_PACKAGES[str(missing)]
+        return (
+            f"env.py's database driver is not installed: pip install {package} (or "
+            "'schemad[async]') where schemad runs, or name a driver that is installed"
+        )
+    return f"fix env.py ({same_error})"
 
 
 def run_env(run: EnvRun, environment: EnvironmentContext) -> None:

@@ -335,7 +335,8 @@ def test_template_migrates_under_schemad_as_under_alembic(
         pytest.param(
             "mysql+asyncmy",
             66,
-            "No module named 'asyncmy'",
+            "No module named 'asyncmy'; env.py's database driver is not installed: "
+            "pip install asyncmy",
             id="asyncmy-not-installed",
             marks=pytest.mark.mariadb,
         ),
