@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -162,23 +169,16 @@ class Settings(BaseSettings):
     def _lowercase(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("x_args")
+    @field_validator("x_args", "autocommit_revisions")
     @classmethod
-    def _x_args_are_listed(cls, value: str | None) -> str | None:
+    def _listed(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
         entries = [entry.strip() for entry in value.split(",")]
-        if any(not entry for entry in entries):
-            raise ValueError("expected key=value pairs separated by commas, e.g. tenant=acme")
-        return ",".join(entries)
-
-    @field_validator("autocommit_revisions")
-    @classmethod
-    def _revisions_are_listed(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        entries = [entry.strip() for entry in value.split(",")]
-        if any(not entry or any(ch.isspace() for ch in entry) for entry in entries):
+        if info.field_name == "x_args":
+            if not all(entries):
+                raise ValueError("expected key=value pairs separated by commas, e.g. tenant=acme")
+        elif not all(entries) or any(ch.isspace() for entry in entries for ch in entry):
             raise ValueError("expected revision ids separated by commas, e.g. 3f2a9c,9c1e04")
         return ",".join(entries)
 
