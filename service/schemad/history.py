@@ -34,6 +34,10 @@ from schemad.settings import IdentitySettings
 
 ERROR_MAX_CHARS = 2000
 _SAVEPOINT = "schemad_history"
+# Drivers that send a statement without parameters as one simple query, so
+# several statements separated by ";" make one round trip. asyncpg (an
+# env.py's own connection) prepares every statement and refuses a batch.
+_BATCHING_DRIVERS = frozenset({"psycopg", "psycopg2", "psycopg_async"})
 
 
 def _timestamp(backend: str) -> sa.types.TypeEngine[Any]:
@@ -267,7 +271,11 @@ class History:
         """
         self._require_table()
         values = self._values(entry)
-        if started_id is None and self.database.dialect.history_needs_savepoint:
+        if (
+            started_id is None
+            and self.database.dialect.history_needs_savepoint
+            and conn.dialect.driver in _BATCHING_DRIVERS
+        ):
             self._insert_in_one_round_trip(conn, values)
             return
         with self._statement_scope(conn):

@@ -32,6 +32,7 @@ from deploy_support import (
     validate_object,
 )
 
+import schemad
 from schemad.notices import EVENTS
 from schemad.settings import Settings, setting_names
 
@@ -706,10 +707,15 @@ def test_every_value_is_commented() -> None:
 
 
 def test_chart_app_version_is_schemads_version() -> None:
-    """Chart.yaml's appVersion (the default image tag) is the package version."""
+    """Chart.yaml's appVersion (the default image tag) is the package version.
+
+    The version is written once, in schemad/__init__.py, and pyproject.toml
+    reads it from there (setuptools' dynamic version).
+    """
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert project["version"] == chart["appVersion"]
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools["dynamic"]["version"] == {"attr": "schemad.__version__"}
+    assert schemad.__version__ == chart["appVersion"]
 
 
 # -- monitoring ------------------------------------------------------------------------
