@@ -61,6 +61,10 @@ class StepObserver(Protocol):
     def committed(self, step: AppliedStep) -> None:
         """After the revision's transaction has committed."""
 
+    def before_commit(self, conn: Connection) -> None:
+        """Inside a run's one transaction (a bootstrap), after its last
+        revision or a graceful stop, just before the transaction commits."""
+
     def should_stop(self) -> bool:
         """Asked before each revision; True ends the run (a graceful stop)."""
 
@@ -92,6 +96,8 @@ class _Run:
         # Steps done inside a transaction env.py opened itself: committed only
         # when env.py commits, so announced then.
         self._uncommitted: list[AppliedStep] = []
+        # The primary database's connection, as the last revision saw it.
+        self._connection: Connection | None = None
 
     def version_applied(self, *, ctx: Any, **_kwargs: Any) -> None:
         """An Alembic ``on_version_apply`` hook: hands the step's connection
@@ -100,6 +106,7 @@ class _Run:
         if step is None or not self._primary(ctx):
             return  # another database of a multidb env.py follows along
         elapsed = self.clock() - self.current_started
+        self._connection = ctx.connection
         self.observer.in_transaction(
             ctx.connection, _revision_of(step), _direction_of(step), elapsed, self._next()
         )
@@ -132,6 +139,7 @@ class _Run:
             if self.observer.should_stop():
                 # Ends Alembic's loop cleanly: what has committed stays.
                 self.stopped = True
+                self._ending()
                 return
             self.current = step
             self.observer.started(_revision_of(step), _direction_of(step))
@@ -150,6 +158,13 @@ class _Run:
             else:
                 self.applied.append(done)
                 self.observer.committed(done)
+        self._ending()
+
+    def _ending(self) -> None:
+        # Alembic asks for no more steps: inside one transaction for all, it
+        # commits next. Not reached when a step raised (it rolls back).
+        if self.env is not None and self.env.one_transaction and self._connection is not None:
+            self.observer.before_commit(self._connection)
 
     @contextmanager
     def _outside_a_transaction(self, step: MigrationStep) -> Iterator[None]:
@@ -193,6 +208,9 @@ class _Rendering:
         return None
 
     def committed(self, step: AppliedStep) -> None:
+        return None
+
+    def before_commit(self, conn: Connection) -> None:
         return None
 
     def should_stop(self) -> bool:

@@ -284,6 +284,18 @@ class History:
             else:
                 conn.execute(self._finish_started, {**values, "started_id": started_id})
 
+    def record_many_in(self, conn: sa.Connection, entries: Sequence[Entry]) -> None:
+        """Write rows on the migration's own connection, inside its transaction,
+        in one statement (SQLAlchemy sends the rows as one multi-row INSERT).
+
+        Raises:
+            SQLAlchemyError, DatabaseUnavailableError: the write failed (and
+                was rolled back alone; callers log and count it).
+        """
+        self._require_table()
+        with self._statement_scope(conn):
+            conn.execute(self._insert, [self._values(entry) for entry in entries])
+
     def _insert_in_one_round_trip(self, conn: sa.Connection, values: dict[str, Any]) -> None:
         """Savepoint, insert and release as one statement batch (PostgreSQL).
 

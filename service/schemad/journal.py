@@ -41,8 +41,13 @@ class NullJournal:
         self._log = log
         self._stop = stop
 
-    def prepare(self) -> None:
-        """Before applying: make sure rows can be written inside revisions."""
+    def prepare(self, *, one_transaction: bool = False) -> None:
+        """Before applying: make sure rows can be written inside revisions.
+
+        ``one_transaction``: every revision runs in one transaction (a
+        bootstrap), so their rows can wait and go in together before it
+        commits (:meth:`before_commit`).
+        """
 
     def adopt(self, revisions: Sequence[str]) -> bool:
         """Record the checksums of applied revisions the history has not seen.
@@ -69,6 +74,9 @@ class NullJournal:
         seconds: float,
         following: str | None,
     ) -> None:
+        return None
+
+    def before_commit(self, conn: Connection) -> None:
         return None
 
     def committed(self, step: AppliedStep) -> None:
@@ -112,8 +120,11 @@ class Journal(NullJournal):
         # Rows of revisions applied before the table's schema existed.
         self._unwritten: list[Entry] = []
         self._deferred = False
+        # Rows of a run in one transaction, written together before it commits.
+        self._batch: list[Entry] | None = None
 
-    def prepare(self) -> None:
+    def prepare(self, *, one_transaction: bool = False) -> None:
+        self._batch = [] if one_transaction else None
         # Rows are written inside the revisions' transactions, where creating
         # the table would be too late (and not transactional everywhere). A
         # schema that does not exist yet is env.py's to create: the table
@@ -182,6 +193,9 @@ class Journal(NullJournal):
         if self._deferred:
             self._unwritten.append(entry)
             return
+        if self._batch is not None:
+            self._batch.append(entry)
+            return
         started = self._started.pop(revision, None)
         started_id = started[0] if started else None
         self._write(lambda: self.history.record_in(conn, entry, started_id=started_id), 1)
@@ -193,6 +207,13 @@ class Journal(NullJournal):
             except (SQLAlchemyError, SchemadError):
                 # Not fatal: the revision marks itself when it starts.
                 self._started.pop(following, None)
+
+    def before_commit(self, conn: Connection) -> None:
+        # One statement (one savepoint on PostgreSQL) for every row of the
+        # run; they commit with the revisions, or not at all.
+        if self._batch:
+            entries, self._batch = self._batch, []
+            self._write(lambda: self.history.record_many_in(conn, entries), len(entries))
 
     def committed(self, step: AppliedStep) -> None:
         super().committed(step)

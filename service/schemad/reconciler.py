@@ -595,8 +595,8 @@ class Reconciler:
                 async_commit=self.settings.async_commit,
             ):
                 self._log.warning("timeout_unsupported", setting=setting)
-            run.journal.prepare()
             one_transaction = self._bootstraps(look)
+            run.journal.prepare(one_transaction=one_transaction)
             if one_transaction:
                 self._log.info("bootstrap_in_one_transaction", revisions=len(look.plan.steps))
             with guard as watchdogs:

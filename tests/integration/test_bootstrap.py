@@ -77,6 +77,35 @@ def test_a_successful_bootstrap_still_reports_each_revision(
 
 
 @pytest.mark.parametrize("fixture", TRANSACTIONAL)
+def test_a_bootstrap_stopped_gracefully_keeps_what_ran_with_its_rows(
+    fixture: str, request: pytest.FixtureRequest, tmp_path: Path, make_app: MakeApp
+) -> None:
+    """A shutdown between two revisions of a bootstrap commits the ones that ran, and
+    their history rows (written together, just before the one commit), and no others."""
+    url = str(request.getfixturevalue(fixture))
+    tables_project(tmp_path / "migrations", 3)
+    app = make_app(url, tmp_path / "migrations")
+    asked: list[bool] = []
+
+    def stop_before_the_third() -> bool:
+        """Asked before each revision: go on twice, then stop."""
+        asked.append(True)
+        return len(asked) > 2
+
+    app.reconciler.set_hooks(should_stop=stop_before_the_third)
+    result = app.reconciler.reconcile_once()
+
+    assert app.reconciler.history is not None
+    rows = sorted((r.revision, r.outcome) for r in app.reconciler.history.rows())
+    assert (result.outcome, [s.revision for s in result.applied], version_rows(url), rows) == (
+        Outcome.INTERRUPTED,
+        ["r0001", "r0002"],
+        ["r0002"],
+        [("r0001", "applied"), ("r0002", "applied")],
+    )
+
+
+@pytest.mark.parametrize("fixture", TRANSACTIONAL)
 def test_bootstrap_can_be_turned_off(
     fixture: str, request: pytest.FixtureRequest, tmp_path: Path, make_app: MakeApp
 ) -> None:
