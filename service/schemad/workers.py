@@ -1,0 +1,107 @@
+"""EDGE: run targets' passes in worker processes, in the order a rollout says.
+
+Alembic's command machinery keeps module-level state, so passes run in
+processes, never threads. Workers are forked after the parent has loaded
+the revision scripts, so they share the loaded graph (copy on write)
+instead of each loading it; the job is handed over through fork, not
+pickled (see :func:`dispatch`). Each worker is replaced after
+``MAX_TASKS_PER_CHILD`` targets, which keeps its memory flat however many
+env.py runs it has made.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from schemad.targets import Rollout
+
+R = TypeVar("R")
+MAX_TASKS_PER_CHILD = 50
+# What the forked workers run: set in the parent just before the pool forks
+# (fork copies it), never pickled. Only one dispatch runs at a time.
+_JOB: Callable[[str], Any] | None = None
+
+
+def _run_in_worker(name: str) -> Any:
+    assert _JOB is not None, "a worker without a job: the pool was not forked by dispatch()"
+    return _JOB(name)
+
+
+def dispatch(
+    rollout: Rollout,
+    job: Callable[[str], R],
+    *,
+    ok: Callable[[R], bool],
+    on_error: Callable[[str, BaseException], R],
+    workers: int,
+) -> dict[str, R]:
+    """Run ``job(name)`` for the targets the rollout starts; return the results.
+
+    With one worker the passes run in this process, one after another (no
+    fork). ``ok`` tells the rollout whether a result counts as a failure;
+    ``on_error`` turns an exception a worker raised into a result.
+    """
+    if workers <= 1:
+        return _in_process(rollout, job, ok=ok, on_error=on_error)
+    return _in_pool(rollout, job, ok=ok, on_error=on_error, workers=workers)
+
+
+def _in_process(
+    rollout: Rollout,
+    job: Callable[[str], R],
+    *,
+    ok: Callable[[R], bool],
+    on_error: Callable[[str, BaseException], R],
+) -> dict[str, R]:
+    results: dict[str, R] = {}
+    while (name := rollout.next()) is not None:
+        try:
+            result = job(name)
+        except Exception as exc:
+            result = on_error(name, exc)
+        results[name] = result
+        rollout.finished(name, ok=ok(result))
+    return results
+
+
+def _in_pool(
+    rollout: Rollout,
+    job: Callable[[str], R],
+    *,
+    ok: Callable[[R], bool],
+    on_error: Callable[[str, BaseException], R],
+    workers: int,
+) -> dict[str, R]:
+    global _JOB
+    results: dict[str, R] = {}
+    finished: queue.Queue[tuple[str, R]] = queue.Queue()
+    _JOB = job
+    context = multiprocessing.get_context("fork")
+    try:
+        with context.Pool(workers, maxtasksperchild=MAX_TASKS_PER_CHILD) as pool:
+            while not rollout.done:
+                while (name := rollout.next()) is not None:
+                    _submit(pool, name, finished, on_error)
+                name, result = finished.get()
+                results[name] = result
+                rollout.finished(name, ok=ok(result))
+    finally:
+        _JOB = None
+    return results
+
+
+def _submit(
+    pool: Any,
+    name: str,
+    finished: queue.Queue[tuple[str, R]],
+    on_error: Callable[[str, BaseException], R],
+) -> None:
+    pool.apply_async(
+        _run_in_worker,
+        (name,),
+        callback=lambda result: finished.put((name, result)),
+        error_callback=lambda exc: finished.put((name, on_error(name, exc))),
+    )
