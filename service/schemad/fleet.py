@@ -212,10 +212,12 @@ class Fleet:
         listed = parse_rows(rows, source)
         mine = select_shard(listed, settings.shard_index or 0, settings.shard_count)
         located = tuple(Located(target, self._url_of(target, source)) for target in mine)
+        found = Secrets()
         for entry in located:
             password = entry.url.password
-            self.secrets |= Secrets.of_url(password and str(password), entry.url.query)
-        logs.add_secrets(self.secrets)
+            found = found.merged(Secrets.of_url(password and str(password), entry.url.query))
+        self.secrets = self.secrets.merged(found)
+        logs.add_secrets(found)
         self._log.info(
             "targets_listed",
             listed=len(listed),

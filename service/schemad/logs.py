@@ -130,7 +130,7 @@ def add_secrets(secrets: Secrets) -> None:
     """Mask these secrets too from now on (fan-out: the targets' URLs, known
     only once the targets are listed)."""
     for redactor in _REDACTORS:
-        redactor.secrets = redactor.secrets | secrets
+        redactor.secrets = redactor.secrets.merged(secrets)
 
 
 def _target_name_first(_logger: Any, _name: str, event: EventDict) -> EventDict:

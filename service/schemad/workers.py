@@ -83,7 +83,9 @@ def _in_pool(
     try:
         with context.Pool(workers, maxtasksperchild=MAX_TASKS_PER_CHILD) as pool:
             while not rollout.done:
-                while (name := rollout.next()) is not None:
+                # Never more started than workers: a queued target would start
+                # after the budget is spent.
+                while len(rollout.running) < workers and (name := rollout.next()) is not None:
                     _submit(pool, name, finished, on_error)
                 name, result = finished.get()
                 results[name] = result

@@ -115,3 +115,22 @@ def test_unreadable_targets_files_are_config_errors(
         read_targets_file(path)
     assert fragment in caught.value.message
     assert f"SCHEMAD_TARGETS_FILE={path}" in caught.value.message
+
+
+def test_tenants_in_one_database_have_their_own_lock() -> None:
+    """The lock name (and PostgreSQL's advisory key) includes the version table's
+    schema, so tenant schemas of one database never wait for each other."""
+    from sqlalchemy.engine import make_url
+
+    from schemad.database import Database
+    from schemad.locks import PostgresLock
+
+    url = make_url("postgresql+psycopg://app@db.example/app")
+    a = Database(url, version_table_schema="tenant_a")
+    b = Database(url, version_table_schema="tenant_b")
+    try:
+        assert a.lock_name() != b.lock_name()
+        assert PostgresLock(a).key != PostgresLock(b).key
+    finally:
+        a.dispose()
+        b.dispose()
