@@ -945,7 +945,48 @@ def _print_reports(
         out.write("  ".join([*cells, row[-1]]).rstrip() + "\n")
 
 
+def cmd_fleet_run(command: FleetCommand, _args: argparse.Namespace) -> int:
+    """The daemon over every target: each pass lists them afresh."""
+    from prometheus_client import CollectorRegistry, disable_created_metrics
+
+    from schemad.metrics import FleetMetrics, Metrics
+    from schemad.scheduler import FleetDaemon
+    from schemad.server import HttpServer
+
+    settings = command.fleet.settings
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+    registry = CollectorRegistry()
+    control = "-"
+    with contextlib.suppress(ConfigError):
+        control = settings.masked_url()
+    daemon = FleetDaemon(
+        settings,
+        command.fleet,
+        Metrics(registry),
+        FleetMetrics(registry, series_limit=settings.target_series_limit),
+        database_url=control,
+    )
+    server = HttpServer(settings.http_host, settings.http_port, registry, daemon)
+    daemon.install_signal_handlers()
+    server.start()
+    log = logs.get_logger("schemad.daemon")
+    log.info("http_started", host=settings.http_host, port=server.port)
+    daemon.start()
+    try:
+        clean = daemon.wait_until_stopped()
+    finally:
+        server.stop()
+    if daemon.config_error is not None:
+        raise daemon.config_error
+    if not clean:
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(EXIT_INTERNAL)
+    return EXIT_OK
+
+
 FLEET_COMMANDS: dict[str, Callable[[FleetCommand, argparse.Namespace], int]] = {
+    "run": cmd_fleet_run,
     "upgrade": cmd_fleet_upgrade,
     "status": cmd_fleet_status,
     "plan": cmd_fleet_plan,

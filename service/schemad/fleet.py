@@ -41,6 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from schemad import logs
 from schemad.database import Database
+from schemad.documents import iso
 from schemad.errors import (
     ConfigError,
     DatabaseUnavailableError,
@@ -179,6 +180,8 @@ class Fleet:
     x_args: Sequence[str] = ()
     load: Callable[[URL | None], Scripts] | None = None
     secrets: Secrets = field(default_factory=Secrets)
+    should_stop: Callable[[], bool] = lambda: False
+    """A shutdown was requested: start no new target, stop between revisions."""
     _scripts: Scripts | None = None
 
     def __post_init__(self) -> None:
@@ -305,6 +308,7 @@ class Fleet:
                 ok=lambda report: report.state is not State.FAILED,
                 on_error=lambda name, exc: self._crashed(by_name[name], exc),
                 workers=workers,
+                should_stop=self.should_stop,
             )
             skipped = set(rollout.skipped())
             reports = tuple(
@@ -436,7 +440,9 @@ class Fleet:
             )
             return replace(shared, config=config)
 
-        return Reconciler(settings, database, load, history=history), database
+        reconciler = Reconciler(settings, database, load, history=history)
+        reconciler.set_hooks(should_stop=self.should_stop)
+        return reconciler, database
 
     def target_settings(self, entry: Located) -> Settings:
         """The settings of one target's pass: its URL, -x arguments and schema."""
@@ -714,3 +720,30 @@ def states(reports: Iterable[TargetReport]) -> Mapping[State, int]:
     """How many targets are in each state (every state, zeros included)."""
     counts = Counter(report.state for report in reports)
     return {state: counts.get(state, 0) for state in State}
+
+
+def fleet_status_document(
+    last: FleetResult | None, *, state: str | None, limit: int
+) -> dict[str, Any]:
+    """The targets part of the fan-out daemon's ``/status``: counts by state,
+    and at most ``limit`` targets (only those in ``state`` when given)."""
+    if last is None:
+        return {"targets": None, "last_pass": None}
+    chosen = [r for r in last.reports if state is None or r.state.value == state]
+    return {
+        "targets": {
+            "total": len(last.reports),
+            "states": {s.value: n for s, n in states(last.reports).items()},
+            "items": [report.as_dict() for report in chosen[:limit]],
+            "matching": len(chosen),
+            "limit": limit,
+            "truncated": len(chosen) > limit,
+        },
+        "last_pass": {
+            "run_id": last.run_id,
+            "started_at": iso(last.started_at),
+            "duration_seconds": round(last.duration_seconds, 4),
+            "workers": last.workers,
+            "summary": last.describe_problems(),
+        },
+    }

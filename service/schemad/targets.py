@@ -225,6 +225,8 @@ class Rollout:
     started: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     canary_failed: bool = False
+    halted: bool = False
+    """A shutdown: nothing new starts."""
 
     def __post_init__(self) -> None:
         canary = [name for name in self.canary if name in self.names]
@@ -236,7 +238,7 @@ class Rollout:
     def stopped(self) -> bool:
         """No new target may start: a canary failed, or the budget is spent."""
         spent = self.max_failures > 0 and len(self.failed) >= self.max_failures
-        return self.canary_failed or spent
+        return self.canary_failed or spent or self.halted
 
     @property
     def done(self) -> bool:
@@ -263,6 +265,10 @@ class Rollout:
         self.failed.append(name)
         if name in self._canary:
             self.canary_failed = True
+
+    def halt(self) -> None:
+        """Start nothing more (a shutdown); running targets finish."""
+        self.halted = True
 
     def skipped(self) -> tuple[str, ...]:
         """The targets that never started."""

@@ -37,23 +37,31 @@ def dispatch(
     ok: Callable[[R], bool],
     on_error: Callable[[str, BaseException], R],
     workers: int,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> dict[str, R]:
     """Run ``job(name)`` for the targets the rollout starts; return the results.
 
     With one worker the passes run in this process, one after another (no
     fork). ``ok`` tells the rollout whether a result counts as a failure;
-    ``on_error`` turns an exception a worker raised into a result.
+    ``on_error`` turns an exception a worker raised into a result; once
+    ``should_stop`` says so (a shutdown) no new target starts.
     """
+
+    def ended(name: str, result: R) -> None:
+        rollout.finished(name, ok=ok(result))
+        if should_stop():
+            rollout.halt()
+
     if workers <= 1:
-        return _in_process(rollout, job, ok=ok, on_error=on_error)
-    return _in_pool(rollout, job, ok=ok, on_error=on_error, workers=workers)
+        return _in_process(rollout, job, ended=ended, on_error=on_error)
+    return _in_pool(rollout, job, ended=ended, on_error=on_error, workers=workers)
 
 
 def _in_process(
     rollout: Rollout,
     job: Callable[[str], R],
     *,
-    ok: Callable[[R], bool],
+    ended: Callable[[str, R], None],
     on_error: Callable[[str, BaseException], R],
 ) -> dict[str, R]:
     results: dict[str, R] = {}
@@ -63,7 +71,7 @@ def _in_process(
         except Exception as exc:
             result = on_error(name, exc)
         results[name] = result
-        rollout.finished(name, ok=ok(result))
+        ended(name, result)
     return results
 
 
@@ -71,7 +79,7 @@ def _in_pool(
     rollout: Rollout,
     job: Callable[[str], R],
     *,
-    ok: Callable[[R], bool],
+    ended: Callable[[str, R], None],
     on_error: Callable[[str, BaseException], R],
     workers: int,
 ) -> dict[str, R]:
@@ -89,7 +97,7 @@ def _in_pool(
                     _submit(pool, name, finished, on_error)
                 name, result = finished.get()
                 results[name] = result
-                rollout.finished(name, ok=ok(result))
+                ended(name, result)
     finally:
         _JOB = None
     return results

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from support.daemon import DaemonProcess, daemon_env
 from support.databases import ledger_counts, version_rows
 from support.processes import SCHEMAD, clean_env, events, json_lines, schemad
 from support.tenants import (
@@ -285,3 +287,85 @@ def test_a_failing_targets_query_is_exit_78(postgres_url: str, tmp_path: Path) -
     assert "Traceback" not in done.stderr
     (line,) = events(done.stderr, "config_invalid")
     assert "SCHEMAD_TARGETS_QUERY failed" in line["error"]
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    """Daemons started by a test, killed afterwards whatever happened."""
+    started: list[DaemonProcess] = []
+    yield started
+    for daemon in started:
+        daemon.kill()
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_the_daemon_migrates_a_tenant_that_appears_on_its_next_pass(
+    postgres_url: str, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    """`schemad run` lists the targets at every pass: a schema created while it
+    runs is migrated on the next pass; /status, /readyz and the metrics say so."""
+    create_schemas(postgres_url, ["tenant_a", "tenant_b"])
+    project = tmp_path / "migrations"
+    ids = tenant_project(project, 2)
+    env = daemon_env(postgres_url, project, targets_query=TENANT_QUERY)
+    daemon = DaemonProcess(env)
+    daemons.append(daemon)
+    daemon.start()
+    daemon.wait_for_status("/readyz", 200, timeout=30)
+    assert daemon.metric("schemad_targets", state="at_target") == 2
+    create_schemas(postgres_url, ["tenant_c"])
+    daemon.wait_until(
+        lambda: daemon.metric("schemad_targets", state="at_target") == 3,
+        timeout=30,
+        message="three tenants at the target",
+    )
+    assert schema_ledger(postgres_url, "tenant_c") == ids
+    status = daemon.status()
+    assert status["targets"]["total"] == 3
+    assert status["targets"]["states"]["at_target"] == 3
+    page = daemon.get("/status?limit=1").json()["targets"]
+    assert (len(page["items"]), page["truncated"]) == (1, True)
+    assert daemon.get("/status?state=failed").json()["targets"]["items"] == []
+    assert daemon.get("/status?limit=0").status_code == 400
+    assert daemon.metric("schemad_target_not_at_target", target="tenant_c", state="behind") is None
+    daemon.send_signal()
+    assert daemon.wait_exit(timeout=20) == 0
+
+
+def test_the_daemon_reports_a_failing_tenant_in_metrics_and_status(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    """A poisoned tenant: /readyz is 503, schemad_target_not_at_target names it,
+    /status?state=failed lists it, and no password reaches any of them."""
+    project = tmp_path / "migrations"
+    tenant_project(project, 2)
+    targets = sqlite_targets(tmp_path, ["t1", "t2"], t2={"poison": "1"})
+    down = {"name": "down", "url": f"postgresql+psycopg://app:{PASSWORD}@127.0.0.1:1/app"}
+    path = tmp_path / "targets.json"
+    path.write_text(json.dumps([*targets, down]))
+    env = daemon_env(
+        f"sqlite:///{tmp_path / 'control.db'}",
+        project,
+        targets_file=str(path),
+        canary="0",
+        max_failures="0",
+    )
+    daemon = DaemonProcess(env)
+    daemons.append(daemon)
+    daemon.start()
+    daemon.wait_until(
+        lambda: daemon.metric("schemad_target_not_at_target", target="t2", state="failed"),
+        timeout=30,
+        message="t2 reported failed",
+    )
+    assert daemon.metric("schemad_target_not_at_target", target="down", state="unavailable") == 1
+    assert daemon.metric("schemad_targets", state="at_target") == 1
+    assert daemon.get("/readyz").status_code == 503
+    failed = daemon.get("/status?state=failed").json()["targets"]["items"]
+    assert [item["name"] for item in failed] == ["t2"]
+    assert "poisoned" in failed[0]["error"]
+    texts = [daemon.scrape(), daemon.get("/status").text, daemon.output()]
+    assert all(PASSWORD not in text for text in texts)
+    daemon.send_signal()
+    assert daemon.wait_exit(timeout=20) == 0
