@@ -321,7 +321,7 @@ class Fleet:
                 for entry in located
             )
             result = FleetResult(run_id, reports, started_at, clock() - start, workers)
-            self._log_finished(result)
+            self._log_finished(result, worker_peak_rss_kib=_worker_peak_rss_kib(workers))
         return result
 
     def workers(self, needing_work: int) -> int:
@@ -463,9 +463,11 @@ class Fleet:
             entry.name, State.FAILED, error=message, database=entry.masked_url, passed=True
         )
 
-    def _log_finished(self, result: FleetResult) -> None:
+    def _log_finished(self, result: FleetResult, *, worker_peak_rss_kib: int | None) -> None:
         counts = result.counts()
-        fields = {
+        fields: dict[str, Any] = {
+            "workers": result.workers,
+            "worker_peak_rss_kib": worker_peak_rss_kib,
             "targets": len(result.reports),
             "passes": sum(report.passed for report in result.reports),
             "applied": sum(bool(report.applied) for report in result.reports),
@@ -476,6 +478,16 @@ class Fleet:
             self._log.info("fleet_finished", **fields)
         else:
             self._log.error("fleet_finished", detail=result.describe_problems(), **fields)
+
+
+def _worker_peak_rss_kib(workers: int) -> int | None:
+    """The largest peak resident set of a worker process this process has reaped
+    (Linux: KiB; a forked worker starts with the pages it shares with us)."""
+    if workers <= 1:
+        return None
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
 def _report_of_plan(entry: Located, plan: Plan, state: State) -> TargetReport:
