@@ -369,3 +369,58 @@ def test_the_daemon_reports_a_failing_tenant_in_metrics_and_status(
     assert all(PASSWORD not in text for text in texts)
     daemon.send_signal()
     assert daemon.wait_exit(timeout=20) == 0
+
+
+def test_status_plan_and_wait_over_the_targets(tmp_path: Path) -> None:
+    """Before the upgrade: status exits 3 (behind) and plan lists the pending
+    revisions; wait gives up with 75; after it, status exits 0 and wait (all, or
+    one --target) returns at once."""
+    project = tmp_path / "migrations"
+    ids = tenant_project(project, 2)
+    env = file_env(project, sqlite_targets(tmp_path, ["t1", "t2"]), tmp_path)
+    env["SCHEMAD_WAIT_TIMEOUT_SECONDS"] = "1"
+    env["SCHEMAD_WAIT_INTERVAL_SECONDS"] = "0.2"
+    before = schemad("status", env=env)
+    assert before.returncode == 3, before.stderr
+    assert before.stdout.splitlines()[0].split() == ["NAME", "CURRENT", "TARGET", "STATE", "ERROR"]
+    plan = schemad("plan", "--json", env=env)
+    assert plan.returncode == 0, plan.stderr
+    assert [(row["name"], row["pending"]) for row in json.loads(plan.stdout)] == [
+        ("t1", ids),
+        ("t2", ids),
+    ]
+    assert schemad("wait", env=env).returncode == 75
+    assert schemad("upgrade", env=env).returncode == 0
+    assert schemad("status", env=env).returncode == 0
+    assert schemad("wait", env=env).returncode == 0
+    assert schemad("wait", "--target", "t2", env=env).returncode == 0
+    unknown = schemad("wait", "--target", "nope", env=env)
+    assert unknown.returncode == 78
+    assert "--target nope: no such target" in unknown.stderr
+
+
+@pytest.mark.postgres
+def test_a_password_in_a_target_url_never_leaves_the_process(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Tenants reached through a URL with a password (trust auth ignores it): the
+    password is in no log line (workers' included), no output and no status."""
+    from sqlalchemy.engine import make_url
+
+    create_schemas(postgres_url, ["tenant_a", "tenant_b", "tenant_c"])
+    project = tmp_path / "migrations"
+    tenant_project(project, 2)
+    secret_url = make_url(postgres_url).set(password=PASSWORD).render_as_string(False)
+    targets = [
+        {"name": name, "url": secret_url, "tenant": name, "version_table_schema": name}
+        for name in ["tenant_a", "tenant_b", "tenant_c"]
+    ]
+    env = file_env(project, targets, tmp_path, concurrency="2", canary="0")
+    done = schemad("upgrade", env=env)
+    assert done.returncode == 0, done.stderr
+    status = schemad("status", "--json", env=env)
+    table = schemad("status", env=env)
+    assert {row["state"] for row in json.loads(status.stdout)} == {"at_target"}
+    for text in (done.stdout, done.stderr, status.stdout, status.stderr, table.stdout):
+        assert PASSWORD not in text
+    assert "***" in json.loads(status.stdout)[0]["database"]
