@@ -128,7 +128,7 @@ class Tenants:
 
     def x_args(self, name: str) -> list[str]:
         if self.backend == "postgresql":
-            return [f"tenant={name}"]
+            return [f"tenant={name}", f"url={self.control_url}"]
         return [f"url={self.urls[name]}"]
 
     def at_head(self, head: str) -> int:

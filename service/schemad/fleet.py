@@ -50,6 +50,7 @@ from schemad.errors import (
     first_line,
 )
 from schemad.history import History
+from schemad.index import fingerprint_changed
 from schemad.masking import Secrets
 from schemad.model import DbState, Outcome, Plan, PlanKind, Policy, Result
 from schemad.model import Target as Resolved
@@ -71,6 +72,8 @@ if TYPE_CHECKING:
     from schemad.revisions import Scripts
 
 CONNECTIONS_PER_PASS = 3
+# A migrations directory changed this recently may still be receiving a file.
+SETTLE_NS = 2_000_000_000
 TARGETS_FILE_MAX_BYTES = 16 * 1024 * 1024
 _STATE_OF_OUTCOME = {
     Outcome.IN_SYNC: State.AT_TARGET,
@@ -188,7 +191,9 @@ class Fleet:
         self._log = logs.get_logger("schemad.fleet")
 
     def scripts(self) -> Scripts:
-        """The revision scripts, loaded once in this (the parent) process.
+        """The revision scripts, loaded once in this (the parent) process, so
+        forked workers share them; a run that finds their files changed loads
+        them again (a daemon's next pass).
 
         Raises:
             ScriptError, ConfigError: the scripts or the project cannot be read.
@@ -197,6 +202,14 @@ class Fleet:
             load = self.load or _load_scripts(self.settings, self.x_args)
             self._scripts = load(None)
         return self._scripts
+
+    def _refresh_scripts(self) -> None:
+        """At the start of a run: forget scripts whose files changed since."""
+        current = self._scripts
+        if current is not None and fingerprint_changed(
+            current.fingerprint, loaded_at_ns=current.loaded_at_ns, settle_ns=SETTLE_NS
+        ):
+            self._scripts = None
 
     def discover(self) -> tuple[Located, ...]:
         """This shard's targets, with their URLs.
@@ -282,6 +295,7 @@ class Fleet:
             ScriptError: the migration scripts cannot be loaded.
         """
         run_id, started_at, start = uuid.uuid4().hex[:12], time.time(), clock()
+        self._refresh_scripts()
         with structlog.contextvars.bound_contextvars(run_id=run_id):
             located = self.discover()
             looks = self.survey(located)
@@ -396,6 +410,7 @@ class Fleet:
     def look(self) -> tuple[TargetReport, ...]:
         """Every target's state, read-only: the batched read, then an inspection
         (env.py's dry run) of the targets it could not settle."""
+        self._refresh_scripts()
         located = self.discover()
         looks = self.survey(located)
         reports = []
@@ -713,14 +728,6 @@ def _survey_key(entry: Located, settings: Settings) -> tuple[str, str | None]:
         server = url.set(database="").render_as_string(hide_password=False)
         return server, schema or url.database
     return url.render_as_string(hide_password=False), schema
-
-
-def outcome_of(state: State) -> Outcome | None:
-    """A report's state as a pass outcome, where one matches exactly."""
-    for outcome, mapped in _STATE_OF_OUTCOME.items():
-        if mapped is state:
-            return outcome
-    return None
 
 
 def reports_document(reports: Sequence[TargetReport]) -> list[dict[str, Any]]:

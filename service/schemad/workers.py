@@ -12,7 +12,10 @@ env.py runs it has made.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
+import signal
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -20,9 +23,24 @@ from schemad.targets import Rollout
 
 R = TypeVar("R")
 MAX_TASKS_PER_CHILD = 50
+_PR_SET_PDEATHSIG = 1
 # What the forked workers run: set in the parent just before the pool forks
 # (fork copies it), never pickled. Only one dispatch runs at a time.
 _JOB: Callable[[str], Any] | None = None
+
+
+def _worker_started(parent: int) -> None:
+    """A new worker: it must not keep the daemon's SIGTERM handler (a fork copies
+    it, and the pool ends its workers with SIGTERM), and it dies with its parent
+    (a killed daemon must not leave workers behind holding its pipes)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before prctl
+        os._exit(1)
 
 
 def _run_in_worker(name: str) -> Any:
@@ -89,7 +107,12 @@ def _in_pool(
     _JOB = job
     context = multiprocessing.get_context("fork")
     try:
-        with context.Pool(workers, maxtasksperchild=MAX_TASKS_PER_CHILD) as pool:
+        with context.Pool(
+            workers,
+            initializer=_worker_started,
+            initargs=(os.getpid(),),
+            maxtasksperchild=MAX_TASKS_PER_CHILD,
+        ) as pool:
             while not rollout.done:
                 # Never more started than workers: a queued target would start
                 # after the budget is spent.
