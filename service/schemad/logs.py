@@ -53,6 +53,10 @@ class _Redactor:
         return rendered
 
 
+# The redactor of the configured pipeline, for add_secrets().
+_REDACTORS: list[_Redactor] = []
+
+
 def configure(
     log_format: str = "auto",
     level: str = "info",
@@ -68,6 +72,7 @@ def configure(
     out = stream if stream is not None else sys.stderr
     as_json = log_format == "json" or (log_format == "auto" and not _is_tty(out))
     shared: list[Processor] = [
+        _target_name_first,
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
@@ -86,6 +91,7 @@ def configure(
         )
         exceptions = structlog.processors.format_exc_info
     redactor = _Redactor(secrets)
+    _REDACTORS[:] = [redactor]
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
@@ -118,6 +124,21 @@ def configure(
     # coalescing of a late pass, not warnings; real job errors stay visible.
     for coalescing in ("apscheduler.scheduler", "apscheduler.executors"):
         logging.getLogger(coalescing).setLevel(logging.ERROR if quiet else logging.DEBUG)
+
+
+def add_secrets(secrets: Secrets) -> None:
+    """Mask these secrets too from now on (fan-out: the targets' URLs, known
+    only once the targets are listed)."""
+    for redactor in _REDACTORS:
+        redactor.secrets = redactor.secrets.merged(secrets)
+
+
+def _target_name_first(_logger: Any, _name: str, event: EventDict) -> EventDict:
+    """In a fan-out pass ``target`` is the target's name (bound around the pass);
+    the target revision an event names moves to ``target_revision``."""
+    if "target" in event and "target" in structlog.contextvars.get_contextvars():
+        event["target_revision"] = event.pop("target")
+    return event
 
 
 @contextmanager

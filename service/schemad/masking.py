@@ -71,6 +71,12 @@ class Secrets:
     def __or__(self, other: Secrets) -> Secrets:
         return Secrets.of([*self.forms, *other.forms])
 
+    def merged(self, other: Secrets) -> Secrets:
+        """These and ``other``'s forms, as they are (``|`` derives forms of forms
+        again, which grows with every merge: fan-out merges once per target)."""
+        forms = set(self.forms) | set(other.forms)
+        return Secrets(tuple(sorted(forms, key=lambda form: (-len(form), form))))
+
     def __bool__(self) -> bool:
         return bool(self.forms)
 

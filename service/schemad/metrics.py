@@ -8,6 +8,8 @@ first event.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from schemad import __version__
@@ -176,3 +178,56 @@ def _set_info(gauge: Gauge, revisions: tuple[str, ...]) -> None:
     gauge.clear()
     for revision in revisions or ("base",):
         gauge.labels(revision).set(1)
+
+
+# The states of schemad_targets (skipped targets count as behind).
+TARGET_STATES = ("at_target", "behind", "failed", "refused", "unavailable")
+
+
+class FleetMetrics:
+    """Fan-out's metrics, on the daemon's registry (only when targets are listed).
+
+    Per-target series exist only for targets that are not at their target,
+    at most ``series_limit`` of them, replaced at each pass: a fleet of
+    thousands of tenants at head costs five series, not thousands.
+    """
+
+    def __init__(self, registry: CollectorRegistry, *, series_limit: int = 100) -> None:
+        self.series_limit = series_limit
+        self.targets = Gauge(
+            "schemad_targets",
+            "Targets by state at the last pass (skipped targets count as behind).",
+            ["state"],
+            registry=registry,
+        )
+        self.applied = Gauge(
+            "schemad_targets_applied",
+            "Targets that applied revisions in the last pass.",
+            registry=registry,
+        )
+        self.not_at_target = Gauge(
+            "schemad_target_not_at_target",
+            "1 for each target not at its target at the last pass (at most "
+            "SCHEMAD_TARGET_SERIES_LIMIT series).",
+            ["target", "state"],
+            registry=registry,
+        )
+        for state in TARGET_STATES:
+            self.targets.labels(state)
+
+    def observe(self, states: Sequence[tuple[str, str]], *, applied: int) -> None:
+        """Record one pass: each target's (name, state), in the run's order."""
+        counts = dict.fromkeys(TARGET_STATES, 0)
+        for _name, state in states:
+            counts[_metric_state(state)] += 1
+        for state, count in counts.items():
+            self.targets.labels(state).set(count)
+        self.applied.set(applied)
+        self.not_at_target.clear()
+        missing = [(name, state) for name, state in states if state != "at_target"]
+        for name, state in missing[: self.series_limit]:
+            self.not_at_target.labels(name, _metric_state(state)).set(1)
+
+
+def _metric_state(state: str) -> str:
+    return state if state in TARGET_STATES else "behind"

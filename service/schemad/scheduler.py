@@ -15,10 +15,10 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -34,6 +34,10 @@ from schemad.model import LockHolder, Outcome, Result
 from schemad.reconciler import Reconciler
 from schemad.settings import Settings
 from schemad.webhook import Notifier
+
+if TYPE_CHECKING:
+    from schemad.fleet import Fleet, FleetResult
+    from schemad.metrics import FleetMetrics
 
 JOB_ID = "reconcile"
 DRIFT_JOB_ID = "drift"
@@ -286,8 +290,9 @@ class Daemon:
             return True, f"at target ({last.outcome.value})"
         return False, f"not at target: {last.outcome.value}"
 
-    def status(self) -> dict[str, Any]:
-        """The last pass and the daemon's state, as JSON-able data."""
+    def status(self, query: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """The last pass and the daemon's state, as JSON-able data (``query`` is
+        for fan-out's paging; one database has nothing to page)."""
         with self._lock:
             last, running_since = self._last, self._pass_started_at
             waiting_for, failures = self._waiting_for, self._failures
@@ -306,3 +311,160 @@ class Daemon:
             last=last,
             drift=drift,
         )
+
+
+STATUS_PAGE_DEFAULT = 100
+STATUS_PAGE_MAX = 10_000
+
+
+class FleetDaemon(Daemon):
+    """The daemon over many targets: each pass lists the targets afresh (a
+    tenant that appears is migrated on the next pass) and runs the fleet.
+
+    What differs from one database: a pass is :meth:`Fleet.upgrade`;
+    readiness means every target is at its target; ``/status`` pages the
+    targets (``?state=failed``, ``?limit=N``); the metrics are fan-out's.
+    A pass that cannot list its targets counts as a failed pass (backoff);
+    a bad configuration stops the daemon, as for one database.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        fleet: Fleet,
+        metrics: Metrics,
+        fleet_metrics: FleetMetrics,
+        *,
+        database_url: str,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.fleet = fleet
+        self.fleet_metrics = fleet_metrics
+        self._fleet_last: FleetResult | None = None
+        self._pass_error: str | None = None
+        super().__init__(
+            settings,
+            cast(Reconciler, _Hooks(fleet)),
+            metrics,
+            database_url=database_url,
+            wall_clock=wall_clock,
+        )
+
+    def _run_and_record(self) -> Result | None:
+        with self._lock:
+            self._pass_started_at = self._wall_clock()
+        try:
+            result = self.fleet.upgrade()
+        except ConfigError as exc:
+            self.config_error = exc
+            self.request_stop()
+            return None
+        except SchemadError as exc:
+            self._log.error("fleet_pass_failed", error=self.fleet.secrets.redact(exc.message))
+            self._record_fleet(None, self.fleet.secrets.redact(exc.message))
+            return None
+        finally:
+            with self._lock:
+                self._pass_started_at = None
+        self._record_fleet(result, None)
+        return None
+
+    def _record_fleet(self, result: FleetResult | None, error: str | None) -> None:
+        finished_at = self._wall_clock()
+        metrics = self.metrics
+        metrics.last_reconcile.set(finished_at)
+        if result is not None:
+            metrics.reconcile_duration.observe(result.duration_seconds)
+            self.fleet_metrics.observe(
+                [(report.name, report.state.value) for report in result.reports],
+                applied=sum(bool(report.applied) for report in result.reports),
+            )
+        ok = result is not None and result.at_target
+        metrics.at_target.set(1 if ok else 0)
+        if ok:
+            metrics.last_success.set(finished_at)
+        with self._lock:
+            self._fleet_last = result if result is not None else self._fleet_last
+            self._pass_error = error
+            if ok:
+                self._last_success_at = finished_at
+                self._failures = 0
+            else:
+                self._failures += 1
+            failures = self._failures
+        if failures and not self._stop.is_set():
+            self._back_off(failures)
+
+    def run_drift_check(self) -> None:
+        """Drift checks are for one database; fan-out does not schedule them."""
+
+    def ready(self) -> tuple[bool, str]:
+        """Readiness: the last pass found every target at its target."""
+        with self._lock:
+            last, error = self._fleet_last, self._pass_error
+        if error is not None:
+            return False, f"the last pass failed: {error}"
+        if last is None:
+            return False, "no pass has finished yet"
+        if last.at_target:
+            return True, f"all {len(last.reports)} target(s) at the target"
+        return False, last.describe_problems()
+
+    def status(self, query: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """The daemon's state and a page of targets.
+
+        Raises:
+            ValueError: ``state`` or ``limit`` in ``query`` is not valid.
+        """
+        from schemad.fleet import fleet_status_document
+
+        state, limit = _page(query or {})
+        with self._lock:
+            last, running_since, failures = (
+                self._fleet_last,
+                self._pass_started_at,
+                self._failures,
+            )
+            last_success, error = self._last_success_at, self._pass_error
+        job = self._scheduler.get_job(JOB_ID) if self._scheduler.running else None
+        return {
+            "database": self.database_url,
+            "target": self.settings.target_revision,
+            "started_at": iso(self._started_at),
+            "stopping": self._stop.is_set(),
+            "pass_running_since": iso(running_since),
+            "next_pass_at": job.next_run_time.isoformat() if job and job.next_run_time else None,
+            "consecutive_failures": failures,
+            "last_success_at": iso(last_success),
+            "last_pass_error": error,
+            **fleet_status_document(last, state=state, limit=limit),
+        }
+
+
+class _Hooks:
+    """What the base daemon asks of its reconciler, given to the fleet."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+
+    def set_hooks(
+        self,
+        *,
+        should_stop: Callable[[], bool] | None = None,
+        on_lock_wait: Callable[..., None] | None = None,
+    ) -> None:
+        if should_stop is not None:
+            self.fleet.should_stop = should_stop
+
+
+def _page(query: Mapping[str, str]) -> tuple[str | None, int]:
+    from schemad.targets import State
+
+    state = query.get("state") or None
+    if state is not None and state not in {s.value for s in State}:
+        known = ", ".join(s.value for s in State)
+        raise ValueError(f"state must be one of {known}, not {state[:40]!r}")
+    raw = query.get("limit", str(STATUS_PAGE_DEFAULT))
+    if not raw.isdigit() or not 1 <= int(raw) <= STATUS_PAGE_MAX:
+        raise ValueError(f"limit must be a whole number from 1 to {STATUS_PAGE_MAX}")
+    return state, int(raw)

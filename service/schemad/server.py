@@ -53,11 +53,12 @@ import json
 import re
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, Protocol
+from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -89,7 +90,10 @@ class StatusSource(Protocol):
 
     def ready(self) -> tuple[bool, str]: ...
 
-    def status(self) -> dict[str, Any]: ...
+    def status(self, query: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """The status document; ``query`` holds the request's query parameters
+        (fan-out pages its targets by them). Raises ValueError for a bad one."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,7 @@ class Request:
     headers: dict[str, str]
     keep_alive: bool
     body_bytes: int
+    query: str = ""
 
 
 @dataclass(frozen=True)
@@ -413,13 +418,14 @@ async def _read_head(reader: asyncio.StreamReader, first: bytes) -> Request:
     line = first if first == b"\n" else first + await _read_line(reader, too_long=414)
     if line in _EMPTY_LINES:  # RFC 9112 2.2: one empty line before a request is ignored
         line = await _read_line(reader, too_long=414)
-    method, path, minor = _parse_request_line(line)
+    method, target, minor = _parse_request_line(line)
+    path, _, query = target.partition("?")
     headers = await _read_headers(reader, budget_bytes=HEAD_BYTES - len(line))
     body_bytes = _body_bytes(headers)
     connection = {token.strip().lower() for token in headers.get("connection", "").split(",")}
     # A chunked body is not read, so where the next request starts is unknown.
     keep_alive = minor >= 1 and "close" not in connection and "transfer-encoding" not in headers
-    return Request(method, path, headers, keep_alive, body_bytes)
+    return Request(method, path, headers, keep_alive, body_bytes, query)
 
 
 async def _read_line(reader: asyncio.StreamReader, *, too_long: int) -> bytes:
@@ -444,7 +450,7 @@ async def _read_headers(reader: asyncio.StreamReader, *, budget_bytes: int) -> d
 
 
 def _parse_request_line(line: bytes) -> tuple[str, str, int]:
-    """Method, path (without the query) and HTTP/1 minor version of a request line."""
+    """Method, request target (path and query) and HTTP/1 minor version of a request line."""
     parts = line.rstrip(b"\r\n").decode("latin-1").split(" ")
     if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not parts[1]:
         raise _Refused(HTTPStatus.BAD_REQUEST, "bad request line")
@@ -454,7 +460,7 @@ def _parse_request_line(line: bytes) -> tuple[str, str, int]:
         raise _Refused(HTTPStatus.BAD_REQUEST, f"bad HTTP version {version[:20]!r}")
     if matched[1] != "1":
         raise _Refused(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, "only HTTP/1.x is served")
-    return method, target.split("?", 1)[0], int(matched[2])
+    return method, target, int(matched[2])
 
 
 def _parse_header(line: bytes) -> tuple[str, str]:
@@ -537,8 +543,13 @@ def _routes(registry: CollectorRegistry, source: StatusSource) -> dict[str, Rout
 
         return respond
 
-    def status(_request: Request) -> Answer:
-        body = json.dumps(source.status(), indent=2, sort_keys=True).encode()
+    def status(request: Request) -> Answer:
+        query = {key: values[-1] for key, values in parse_qs(request.query).items()}
+        try:
+            document = source.status(query) if query else source.status()
+        except ValueError as exc:
+            return _error(HTTPStatus.BAD_REQUEST, str(exc), close=False)
+        body = json.dumps(document, indent=2, sort_keys=True).encode()
         return Answer(HTTPStatus.OK, "application/json", body + b"\n")
 
     return {

@@ -148,6 +148,26 @@ class Settings(BaseSettings):
     lock_timeout, recovered."""
     webhook_timeout_seconds: Seconds = 5.0
     """Bound on one delivery attempt (three attempts at most)."""
+    targets_query: str | None = None
+    """Fan-out: SQL run on the database URL at each pass; each row is a target (column
+    name; optional url, version_table_schema; any other column is an -x argument)."""
+    targets_file: Path | None = None
+    """Fan-out: a YAML or JSON list of targets (name, url or url_file, version_table_schema,
+    -x arguments); excludes TARGETS_QUERY."""
+    concurrency: int | None = Field(default=None, ge=1, le=1024)
+    """Fan-out: worker processes (default: the CPU count), bounded by MAX_CONNECTIONS."""
+    max_connections: int = Field(default=10, ge=1, le=100_000)
+    """Fan-out: connections a run may open at once (3 per target being migrated)."""
+    canary: str | None = None
+    """Fan-out: targets that go first, alone: a count or comma-separated names (default 1)."""
+    max_failures: int = Field(default=1, ge=0, le=1_000_000)
+    """Fan-out: after this many failed targets no new one starts (0: unlimited)."""
+    shard_index: int | None = Field(default=None, ge=0)
+    """Fan-out: this shard's index (default: JOB_COMPLETION_INDEX, else 0)."""
+    shard_count: int = Field(default=1, ge=1, le=100_000)
+    """Fan-out: how many shards share the targets (an Indexed Job's completions)."""
+    target_series_limit: int = Field(default=100, ge=0, le=100_000)
+    """Fan-out: at most this many schemad_target_not_at_target series."""
 
     @field_validator("target_revision")
     @classmethod
@@ -220,6 +240,53 @@ class Settings(BaseSettings):
         if value is not None:
             _check_webhook_url(value.get_secret_value())
         return value
+
+    @field_validator("shard_index", mode="before")
+    @classmethod
+    def _index_of_indexed_job(cls, value: Any) -> Any:
+        # An Indexed Job gives each pod its index in JOB_COMPLETION_INDEX.
+        if value is None:
+            return os.environ.get("JOB_COMPLETION_INDEX", "").strip() or 0
+        return value
+
+    @field_validator("canary")
+    @classmethod
+    def _canary_count_or_names(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        entries = [entry.strip() for entry in value.split(",")]
+        if not all(entries) or any(ch.isspace() for entry in entries for ch in entry):
+            raise ValueError("expected a count (e.g. 2) or target names separated by commas")
+        return ",".join(entries)
+
+    @field_validator("targets_query")
+    @classmethod
+    def _query_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("expected a SELECT returning a 'name' column per target")
+        return value.strip() if value is not None else None
+
+    @model_validator(mode="after")
+    def _one_target_source(self) -> Settings:
+        if self.targets_query is not None and self.targets_file is not None:
+            raise ValueError("set SCHEMAD_TARGETS_QUERY or SCHEMAD_TARGETS_FILE, not both")
+        index = self.shard_index or 0
+        if index >= self.shard_count:
+            raise ValueError(
+                f"SCHEMAD_SHARD_INDEX (or JOB_COMPLETION_INDEX) is {index} but "
+                f"SCHEMAD_SHARD_COUNT is {self.shard_count}; the index must be from 0 to "
+                f"{self.shard_count - 1} (set SHARD_COUNT to the Job's completions)"
+            )
+        return self
+
+    @property
+    def fan_out(self) -> bool:
+        """Whether a run covers a set of targets rather than the one database."""
+        return self.targets_query is not None or self.targets_file is not None
+
+    def worker_count(self) -> int:
+        """SCHEMAD_CONCURRENCY, else the CPU count."""
+        return self.concurrency or os.cpu_count() or 1
 
     @model_validator(mode="after")
     def _one_url_source(self) -> Settings:
@@ -344,6 +411,15 @@ def _check_webhook_url(raw: str) -> None:
         parts.port  # noqa: B018 - a bad port raises only when read
     except ValueError:
         raise ValueError("the URL's port is not a number from 0 to 65535") from None
+
+
+def read_url_file(path: Path, variable: str) -> str:
+    """A URL kept in a file (a mounted Secret), as text.
+
+    Raises:
+        ConfigError: the file cannot be read, is too large, not UTF-8, or empty.
+    """
+    return _read_secret_file(path, variable)
 
 
 def _read_secret_file(path: Path, variable: str = f"{PREFIX}DATABASE_URL_FILE") -> str:

@@ -45,3 +45,23 @@ def test_quick_benchmark_runs_every_case_and_prints_every_target(
     assert {backend: len(found) for backend, found in judged.items()} == expected
     unmeasured = [line for line in table.splitlines() if line.rstrip().endswith(" -")]
     assert unmeasured == []
+
+
+def test_fleet_benchmark_smoke_run_prints_the_ratios() -> None:
+    """`python -m bench.fleet --quick` (3 SQLite tenants) exits 0, every tool reached
+    head, and it prints both ratio lines and the peak RSS line."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.fleet", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "fleet: sqlite, 3 tenants x 3 revisions" in done.stdout
+    assert (
+        "ratio schemad / in-process loop (schemad's process start included): apply " in done.stdout
+    )
+    assert "ratio schemad / CLI per tenant (extrapolated): apply " in done.stdout
+    assert "peak RSS: schemad process " in done.stdout

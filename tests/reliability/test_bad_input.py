@@ -96,6 +96,14 @@ BAD_SETTINGS: list[tuple[str, str, str]] = [
     ("autocommit_revisions", "r1, r 2", "expected revision ids separated by commas"),
     ("bootstrap_in_one_transaction", "sometimes", "Input should be a valid boolean"),
     ("webhook_timeout_seconds", "0", "Input should be greater than 0"),
+    ("targets_query", "   ", "expected a SELECT returning a 'name' column per target"),
+    ("concurrency", "0", "Input should be greater than or equal to 1"),
+    ("max_connections", "many", "Input should be a valid integer"),
+    ("canary", "a,,b", "expected a count (e.g. 2) or target names separated by commas"),
+    ("max_failures", "-1", "Input should be greater than or equal to 0"),
+    ("shard_index", "-1", "Input should be greater than or equal to 0"),
+    ("shard_count", "0", "Input should be greater than or equal to 1"),
+    ("target_series_limit", "-1", "Input should be greater than or equal to 0"),
 ]
 # Settings whose wrong values are cases elsewhere: the URL and its file, the
 # ini, the migrations directory (e2e table), the HTTP host (a daemon case) and
@@ -113,6 +121,8 @@ COVERED_ELSEWHERE = {
     "webhook_events",
     # An unwritable path is a warning, never a failure (tests/e2e/test_notifications.py).
     "termination_message_path",
+    # A missing, unreadable or malformed targets file: tests/e2e/test_fleet.py.
+    "targets_file",
 }
 
 
