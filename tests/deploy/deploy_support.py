@@ -179,13 +179,15 @@ def http_probe(container: dict[str, Any], probe: str) -> tuple[str, int]:
 
 def exported_metric_names() -> set[str]:
     """Every series name schemad's /metrics can carry (counters with _total,
-    histograms with _bucket/_sum/_count), from a fresh registry."""
+    histograms with _bucket/_sum/_count), from a fresh registry; with many
+    targets the fan-out metrics join them."""
     from prometheus_client import CollectorRegistry
 
-    from schemad.metrics import Metrics
+    from schemad.metrics import FleetMetrics, Metrics
 
     registry = CollectorRegistry()
     Metrics(registry)
+    FleetMetrics(registry)
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
     names = set()
     for family in registry.collect():

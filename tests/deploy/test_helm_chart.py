@@ -46,7 +46,9 @@ CHART_DEFAULTS = {"lock_wait_seconds": 180.0, "log_format": "json", "version_tab
 # Settings that come from `database` and `notifications.webhook`, not from `config`.
 URL_SETTINGS = {"database_url", "database_url_file"}
 WEBHOOK_SETTINGS = {"webhook_url", "webhook_url_file", "webhook_events", "webhook_timeout_seconds"}
-NOT_IN_CONFIG = URL_SETTINGS | WEBHOOK_SETTINGS
+# Set from job.shards and each pod's completion index.
+SHARD_SETTINGS = {"shard_index", "shard_count"}
+NOT_IN_CONFIG = URL_SETTINGS | WEBHOOK_SETTINGS | SHARD_SETTINGS
 HOOK = "https://hooks.slack.com/services/T0000/B0000/XXXXs3cretXXXX"
 
 
@@ -151,6 +153,24 @@ def test_job_mode_renders_a_pre_install_pre_upgrade_hook_job(chart: Any) -> None
     assert pod_spec(job)["restartPolicy"] == "Never"
     assert container["args"] == ["upgrade"]
     assert "livenessProbe" not in container
+
+
+def test_job_shards_render_an_indexed_job_whose_pods_know_their_share(chart: Any) -> None:
+    """job.shards > 1: an Indexed Job (completions = parallelism = shards) whose pods get
+    SCHEMAD_SHARD_COUNT and their completion index as SCHEMAD_SHARD_INDEX; 1 is a plain Job."""
+    sharded = one(render(chart, scenario_values("job-shards")), "Job")
+    env = {e["name"]: e for e in pod_spec(sharded)["containers"][0]["env"]}
+    plain = one(render(chart, scenario_values("job")), "Job")
+    plain_env = {e["name"] for e in pod_spec(plain)["containers"][0]["env"]}
+    spec = sharded["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 4, 4)
+    assert env["SCHEMAD_SHARD_COUNT"]["value"] == "4"
+    assert env["SCHEMAD_SHARD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    )
+    assert "like 'tenant\\_%'" in env["SCHEMAD_TARGETS_QUERY"]["value"]
+    assert not {"completionMode", "completions", "parallelism"} & set(plain["spec"])
+    assert not {"SCHEMAD_SHARD_COUNT", "SCHEMAD_SHARD_INDEX"} & plain_env
 
 
 def test_job_mode_secret_is_a_hook_created_before_the_job(chart: Any) -> None:
@@ -278,6 +298,8 @@ def test_every_setting_is_reachable_from_values(chart: Any) -> None:
     for values in (full, as_file):
         container = pod_spec(one(render(chart, values), "Deployment"))["containers"][0]
         reached |= setting_env_names(container)
+    sharded = one(render(chart, scenario_values("job-shards")), "Job")
+    reached |= setting_env_names(pod_spec(sharded)["containers"][0])
     assert sorted(setting_names()) == sorted(reached)
 
 
@@ -544,6 +566,15 @@ def test_no_secret_source_fails_with_a_clear_message(helm: Any, chart: Any) -> N
             {"notifications": {"webhook": {"url": HOOK, "existingSecret": "slack"}}},
             "set notifications.webhook.url or notifications.webhook.existingSecret, not both",
         ),
+        (
+            {"config": {"targetsQuery": "select 'a' as name", "targetsFile": "/etc/t.yaml"}},
+            "set config.targetsQuery or config.targetsFile, not both",
+        ),
+        ({"job": {"shards": 3}}, "job.shards (3) shares targets between pods"),
+        (
+            {"mode": "deployment", "job": {"shards": 2}, "config": {"targetsFile": "/t.yaml"}},
+            "job.shards (2) needs mode=job",
+        ),
     ],
 )
 def test_conflicting_values_fail_with_a_clear_message(
@@ -573,6 +604,10 @@ def test_conflicting_values_fail_with_a_clear_message(
         ({"image": {"pullPolicy": "Sometimes"}}, "at '/image/pullPolicy': value must be one of"),
         ({"database": {"url": "not a url"}}, "at '/database/url'"),
         ({"job": {"backoffLimit": 50}}, "at '/job/backoffLimit'"),
+        ({"job": {"shards": 0}}, "at '/job/shards'"),
+        ({"config": {"canary": "a, b"}}, "at '/config/canary'"),
+        ({"config": {"targetsFile": "targets.yaml"}}, "at '/config/targetsFile'"),
+        ({"config": {"maxFailures": -1}}, "at '/config/maxFailures'"),
         (
             {"prometheusRule": {"disabledAlerts": ["NoSuchAlert"]}},
             "at '/prometheusRule/disabledAlerts/0'",

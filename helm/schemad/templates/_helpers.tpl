@@ -129,6 +129,17 @@ Checks that span several values (the schema checks each one alone).
 {{- fail (printf "schemad: extraEnv sets %s; set schemad's settings through config (e.g. config.targetRevision), which the schema checks" .name) }}
 {{- end }}
 {{- end }}
+{{- if and .Values.config.targetsQuery .Values.config.targetsFile }}
+{{- fail "schemad: set config.targetsQuery or config.targetsFile, not both" }}
+{{- end }}
+{{- if gt (int .Values.job.shards) 1 }}
+{{- if ne .Values.mode "job" }}
+{{- fail (printf "schemad: job.shards (%v) needs mode=job (an Indexed Job; mode=%s has no completion index to shard by)" .Values.job.shards .Values.mode) }}
+{{- end }}
+{{- if not (or .Values.config.targetsQuery .Values.config.targetsFile) }}
+{{- fail (printf "schemad: job.shards (%v) shares targets between pods; set config.targetsQuery or config.targetsFile (one database is never sharded)" .Values.job.shards) }}
+{{- end }}
+{{- end }}
 {{- if ge (float64 .Values.config.shutdownGraceSeconds) (float64 .Values.terminationGracePeriodSeconds) }}
 {{- fail (printf "schemad: config.shutdownGraceSeconds (%v) must be below terminationGracePeriodSeconds (%v), or a revision still running at shutdown is killed" .Values.config.shutdownGraceSeconds .Values.terminationGracePeriodSeconds) }}
 {{- end }}
@@ -166,6 +177,14 @@ empty strings and nulls stay unset) and the database URL source.
   value: {{ join "," $hook.events | quote }}
 - name: SCHEMAD_WEBHOOK_TIMEOUT_SECONDS
   value: {{ $hook.timeoutSeconds | toString | quote }}
+{{- end }}
+{{- if and (eq .Values.mode "job") (gt (int .Values.job.shards) 1) }}
+- name: SCHEMAD_SHARD_COUNT
+  value: {{ .Values.job.shards | toString | quote }}
+- name: SCHEMAD_SHARD_INDEX
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.annotations['batch.kubernetes.io/job-completion-index']
 {{- end }}
 {{- range $key := keys .Values.config | sortAlpha }}
 {{- $value := get $.Values.config $key }}
