@@ -109,7 +109,16 @@ def test_a_failing_revision_that_carries_the_url_leaks_it_nowhere(
         )
     ) as daemon:
         daemon.wait_for_event("reconcile_finished", timeout=60)
-        status, metrics = daemon.get("/status").text, daemon.scrape()
+
+        # The pass is logged just before the daemon stores it for /status.
+        def finished_pass() -> str:
+            text = daemon.get("/status").text
+            return text if '"last_pass": {' in text else ""
+
+        status = daemon.wait_until(
+            finished_pass, timeout=10, message="/status with the finished pass"
+        )
+        metrics = daemon.scrape()
         daemon_output = daemon.output()
 
     assert (upgrade.returncode, len(errors) >= 1) == (70, True), upgrade.stderr
