@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,24 @@ def test_tenant_schemas_are_migrated_and_a_second_run_only_reads_versions(
     assert states(env) == dict.fromkeys(tenants, "at_target")
 
 
+def _race(env_of: Callable[[dict[str, str]], dict[str, str]]) -> list[str]:
+    """Two `schemad upgrade` started together, one over every target, the other over
+    shard 0 of 2; their outputs, after both exit 0."""
+    racers = [
+        subprocess.Popen(
+            [str(SCHEMAD), "upgrade"],
+            env=env_of(shard),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for shard in ({"shard_count": "1"}, {"shard_count": "2", "shard_index": "0"})
+    ]
+    outputs = [racer.communicate(timeout=120)[1] for racer in racers]
+    assert [racer.returncode for racer in racers] == [0, 0], outputs
+    return outputs
+
+
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_racing_runs_with_different_shards_apply_each_revision_once(
@@ -114,21 +133,42 @@ def test_racing_runs_with_different_shards_apply_each_revision_once(
         "canary": "0",
         "concurrency": "2",
     }
-    racers = [
-        subprocess.Popen(
-            [str(SCHEMAD), "upgrade"],
-            env=clean_env(**base, **shard),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for shard in ({"shard_count": "1"}, {"shard_count": "2", "shard_index": "0"})
-    ]
-    outputs = [racer.communicate(timeout=120) for racer in racers]
-    assert [racer.returncode for racer in racers] == [0, 0], outputs
+    _race(lambda shard: clean_env(**base, **shard))
     for tenant in tenants:
         assert schema_ledger(postgres_url, tenant) == ids, tenant
         assert schema_versions(postgres_url, tenant) == [ids[-1]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)])
+def test_racing_runs_over_databases_and_files_apply_each_revision_once(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The same race over a targets file of MariaDB databases or SQLite files: every
+    target at head, each revision's ledger row written exactly once."""
+    project = tmp_path / "migrations"
+    ids = tenant_project(project, 3)
+    with ExitStack() as stack:
+        if backend == "mariadb":
+            admin = str(request.getfixturevalue("mariadb_url"))
+            urls = stack.enter_context(server_databases(admin, 4))
+        else:
+            admin = f"sqlite:///{tmp_path / 'control.db'}"
+            urls = [f"sqlite:///{tmp_path / f't{i}'}.db" for i in range(4)]
+        targets = [{"name": f"t{i}", "url": url} for i, url in enumerate(urls)]
+        _race(
+            lambda shard: file_env(
+                project,
+                targets,
+                tmp_path,
+                database_url=admin,
+                canary="0",
+                concurrency="2",
+                **shard,
+            )
+        )
+        assert [ledger_counts(url) for url in urls] == [dict.fromkeys(ids, 1)] * 4
+        assert [version_rows(url) for url in urls] == [[ids[-1]]] * 4
 
 
 def test_a_poisoned_tenant_fails_alone_and_the_run_exits_5(tmp_path: Path) -> None:
