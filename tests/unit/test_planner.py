@@ -30,6 +30,7 @@ PURE_MODULES = (
     "documents.py",
     "masking.py",
     "notices.py",
+    "targets.py",
 )
 PURE_PACKAGE_IMPORTS = frozenset({"schemad.model", "schemad.errors"})
 
