@@ -26,7 +26,7 @@ from alembic.util import CommandError
 from alembic.util.pyfiles import pyc_file_from_path
 from sqlalchemy.engine import URL
 
-from schemad.errors import ConfigError, ScriptError, first_line
+from schemad.errors import ConfigError, SchemadError, ScriptError, first_line
 from schemad.index import INDEXED_TARGETS, config_files, directory_times, iter_roots
 from schemad.index import document as index_document
 from schemad.index import write as write_index
@@ -165,7 +165,9 @@ def load_scripts(config: Config) -> Scripts:
             _require_env_py(directory)
             graph, checksums = _graph(directory)
             _require_revisions(directory, graph)
-    except (ScriptError, KeyboardInterrupt):
+    except (SchemadError, KeyboardInterrupt):
+        # schemad's own errors keep their meaning, e.g. `wait`'s deadline
+        # (an alarm) firing while the revision files are being read.
         raise
     except configparser.Error as exc:
         raise _ini_problem(config, exc) from exc

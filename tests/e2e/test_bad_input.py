@@ -291,6 +291,17 @@ def wait_behind(ctx: Context) -> dict[str, str]:
     return ctx.settings(ctx.project(), wait_timeout_seconds="0.5", wait_interval_seconds="0.1")
 
 
+def wait_behind_slow_scripts(ctx: Context) -> dict[str, str]:
+    """The deadline fires while the revision files are still being read."""
+    project = ctx.project()
+    _edit(
+        next((project / "versions").glob("r0001*.py")),
+        "from alembic import op",
+        "from alembic import op\nimport time\ntime.sleep(3)",
+    )
+    return ctx.settings(project, wait_timeout_seconds="0.5", wait_interval_seconds="0.1")
+
+
 def env_py_exits(ctx: Context) -> dict[str, str]:
     project = ctx.project()
     _edit(
@@ -616,6 +627,12 @@ CASES: dict[str, Case] = {
     "lock-held": Case(75, "the migration lock is still held by", lock_held, hold_lock=True),
     "wait-timeout": Case(
         75, "did not reach the target 'head' within 0.5s", wait_behind, command=("wait",)
+    ),
+    "wait-timeout-while-loading": Case(
+        75,
+        "did not reach the target 'head' within 0.5s",
+        wait_behind_slow_scripts,
+        command=("wait",),
     ),
 }
 
