@@ -56,7 +56,14 @@ from schemad.model import DbState, Outcome, Plan, PlanKind, Policy, Result
 from schemad.model import Target as Resolved
 from schemad.planner import make_plan
 from schemad.reconciler import Reconciler
-from schemad.settings import PREFIX, Settings, load_identity, parse_url, read_url_file
+from schemad.settings import (
+    PREFIX,
+    Settings,
+    load_identity,
+    parse_url,
+    read_text_file,
+    read_url_file,
+)
 from schemad.targets import (
     Rollout,
     State,
@@ -561,29 +568,17 @@ def read_targets_file(path: Path) -> object:
     """
     variable = f"{PREFIX}TARGETS_FILE"
     source = f"{variable}={path}"
-    try:
-        with path.open("rb") as handle:
-            raw = handle.read(TARGETS_FILE_MAX_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(
-            f"{source}: cannot read the file ({exc.strerror or exc}); mount the targets "
-            "list there (a ConfigMap) or fix the path",
-            variable=variable,
-        ) from exc
-    if len(raw) > TARGETS_FILE_MAX_BYTES:
-        raise ConfigError(
-            f"{source}: the file is over {TARGETS_FILE_MAX_BYTES // 1024 // 1024} MiB; use "
-            "SCHEMAD_TARGETS_QUERY for targets listed in a database",
-            variable=variable,
-        )
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{source}: the file is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-            "save it as UTF-8",
-            variable=variable,
-        ) from None
+    text = read_text_file(
+        path,
+        variable,
+        max_bytes=TARGETS_FILE_MAX_BYTES,
+        unreadable="mount the targets list there (a ConfigMap) or fix the path",
+        too_large=(
+            f"the file is over {TARGETS_FILE_MAX_BYTES // 1024 // 1024} MiB; use "
+            "SCHEMAD_TARGETS_QUERY for targets listed in a database"
+        ),
+        not_text="save it as UTF-8",
+    )
     return _parse_document(text, path, source)
 
 

@@ -312,7 +312,7 @@ class Settings(BaseSettings):
         if self.webhook_url_file is None:
             return None
         variable = f"{PREFIX}WEBHOOK_URL_FILE"
-        raw = _read_secret_file(self.webhook_url_file, variable)
+        raw = read_url_file(self.webhook_url_file, variable)
         try:
             _check_webhook_url(raw)
         except ValueError as exc:
@@ -328,7 +328,7 @@ class Settings(BaseSettings):
                 not one schemad supports.
         """
         if self.database_url_file is not None:
-            raw = _read_secret_file(self.database_url_file)
+            raw = read_url_file(self.database_url_file)
             variable = f"{PREFIX}DATABASE_URL_FILE"
         elif self.database_url is not None:
             raw = self.database_url.get_secret_value()
@@ -413,42 +413,55 @@ def _check_webhook_url(raw: str) -> None:
         raise ValueError("the URL's port is not a number from 0 to 65535") from None
 
 
-def read_url_file(path: Path, variable: str) -> str:
+def read_url_file(path: Path, variable: str = f"{PREFIX}DATABASE_URL_FILE") -> str:
     """A URL kept in a file (a mounted Secret), as text.
 
     Raises:
         ConfigError: the file cannot be read, is too large, not UTF-8, or empty.
     """
-    return _read_secret_file(path, variable)
-
-
-def _read_secret_file(path: Path, variable: str = f"{PREFIX}DATABASE_URL_FILE") -> str:
-    try:
-        with path.open("rb") as handle:
-            raw = handle.read(URL_FILE_MAX_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(
-            f"{variable}={path}: cannot read the file ({exc.strerror or exc}); "
-            "mount the Secret there or fix the path",
-            variable=variable,
-        ) from exc
-    if len(raw) > URL_FILE_MAX_BYTES:
-        raise ConfigError(
-            f"{variable}={path}: the file is over {URL_FILE_MAX_BYTES // 1024} KiB; a "
-            "database URL is one line: point the variable at the Secret's key holding it",
-            variable=variable,
-        )
-    try:
-        text = raw.decode("utf-8").strip()
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{variable}={path}: the file is not UTF-8 text ({exc.reason} at byte "
-            f"{exc.start}); it must hold the URL as text",
-            variable=variable,
-        ) from None
+    text = read_text_file(
+        path,
+        variable,
+        max_bytes=URL_FILE_MAX_BYTES,
+        unreadable="mount the Secret there or fix the path",
+        too_large=(
+            f"the file is over {URL_FILE_MAX_BYTES // 1024} KiB; a database URL is one "
+            "line: point the variable at the Secret's key holding it"
+        ),
+        not_text="it must hold the URL as text",
+    ).strip()
     if not text:
         raise ConfigError(f"{variable}={path}: the file is empty", variable=variable)
     return text
+
+
+def read_text_file(
+    path: Path, variable: str, *, max_bytes: int, unreadable: str, too_large: str, not_text: str
+) -> str:
+    """A mounted file a setting names, as UTF-8 text of at most ``max_bytes``; the
+    other arguments say what to do when it is unreadable, too large or not text.
+
+    Raises:
+        ConfigError: the file cannot be read, is too large or is not UTF-8.
+    """
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise ConfigError(
+            f"{variable}={path}: cannot read the file ({exc.strerror or exc}); {unreadable}",
+            variable=variable,
+        ) from exc
+    if len(raw) > max_bytes:
+        raise ConfigError(f"{variable}={path}: {too_large}", variable=variable)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{variable}={path}: the file is not UTF-8 text ({exc.reason} at byte "
+            f"{exc.start}); {not_text}",
+            variable=variable,
+        ) from None
 
 
 class IdentitySettings(BaseSettings):

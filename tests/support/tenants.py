@@ -90,26 +90,22 @@ def create_schemas(url: str, names: Sequence[str]) -> None:
 
 def schema_ledger(url: str, schema: str) -> list[str]:
     """The ledger rows in one schema (PostgreSQL), sorted; [] without a ledger."""
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    try:
-        with engine.connect() as conn:
-            if not sa.inspect(conn).has_table("ledger", schema=schema):
-                return []
-            rows = conn.exec_driver_sql(f'SELECT revision FROM "{schema}".ledger').scalars()
-            return sorted(str(row) for row in rows)
-    finally:
-        engine.dispose()
+    return _column_in_schema(url, schema, "ledger", "revision")
 
 
 def schema_versions(url: str, schema: str) -> list[str]:
     """The version rows in one schema (PostgreSQL), sorted; [] without a table."""
+    return _column_in_schema(url, schema, "alembic_version", "version_num")
+
+
+def _column_in_schema(url: str, schema: str, table: str, column: str) -> list[str]:
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
-            if not sa.inspect(conn).has_table("alembic_version", schema=schema):
+            if not sa.inspect(conn).has_table(table, schema=schema):
                 return []
-            rows = conn.exec_driver_sql(f'SELECT version_num FROM "{schema}".alembic_version')
-            return sorted(str(row) for row in rows.scalars())
+            rows = conn.exec_driver_sql(f'SELECT {column} FROM "{schema}".{table}').scalars()
+            return sorted(str(row) for row in rows)
     finally:
         engine.dispose()
 

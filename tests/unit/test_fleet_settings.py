@@ -134,3 +134,11 @@ def test_tenants_in_one_database_have_their_own_lock() -> None:
     finally:
         a.dispose()
         b.dispose()
+
+
+def test_cli_routes_exactly_the_fan_out_commands() -> None:
+    """cli.py names the fan-out commands without importing them (the single-database
+    path never loads fleet code); the names match the commands fleet_commands.py has."""
+    from schemad import cli, fleet_commands
+
+    assert set(fleet_commands.COMMANDS) == cli.FLEET_COMMANDS
